@@ -1,0 +1,21 @@
+"""Evaluate a trained checkpoint: `python evaluate.py task=kmeans ckpt_path=<run>/checkpoints/best.ckpt`."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig):  # noqa: ANN201 - Optuna reads the returned metric
+    from usgs.run.evaluate import evaluate
+
+    return evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

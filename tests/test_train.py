@@ -1,0 +1,159 @@
+"""train.py end to end on the synthetic data: outputs, determinism, resume, overlays, DDP, sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from usgs.run.checkpoints import load_checkpoint
+from usgs.run.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+# A tiny but complete run: 1 epoch of 2 batches of 32-px images, then validation and test.
+TINY = [
+    "experiment=supervised",
+    "data.image_size=32",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+]
+
+
+def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_run_writes_metrics_config_sha_and_checkpoint(make_cfg, tmp_path: Path) -> None:
+    result = train(make_cfg(TINY))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"train/loss", "val/miou", "val/miou_best", "test/miou", "test/pixel_accuracy"} <= set(metrics)
+    assert result == metrics["val/miou_best"]
+    assert 0.0 <= metrics["test/miou"] <= 1.0
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["model"]["_target_"] == "usgs.methods.supervised.SupervisedSegmentation"
+    assert "${" not in (tmp_path / "config.yaml").read_text()  # resolved
+    assert len((tmp_path / "git_sha.txt").read_text().strip()) >= 7
+    cfg, model = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
+    assert cfg.model.net.backbone == "resnet18"
+    saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    assert torch.equal(model.state_dict()["net.head.classifier.weight"], saved["net.head.classifier.weight"])
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(make_cfg, tmp_path: Path) -> None:
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        train(make_cfg([*TINY, f"seed={seed}", "trainer.limit_test_batches=1"], run_dir=tmp_path / name))
+        runs[name] = (tmp_path / name / "metrics.json").read_text()
+    assert runs["a"] == runs["b"]
+    assert json.loads(runs["a"])["train/loss"] != json.loads(runs["c"])["train/loss"]
+
+
+def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path: Path) -> None:
+    train(make_cfg([*TINY, "test=false"]))
+    first = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    train(make_cfg([*TINY, "test=false", "resume=true", "trainer.max_epochs=2"]))
+    second = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["epoch"], first["global_step"]) == (0, 2)
+    assert (second["epoch"], second["global_step"]) == (1, 4)  # one more epoch, not two
+
+
+def test_prediction_overlays_reach_tensorboard(make_cfg, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(make_cfg([*TINY, "logger=tensorboard", "test=false"]))
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/overlays" in events.Tags()["images"]
+    image = events.Images("val/overlays")[-1]
+    assert image.width == 3 * 32 and image.height == 4 * 32  # image | GT | prediction, 4 rows
+
+
+def test_ddp_spawn_two_processes_give_the_one_process_metric(make_cfg, tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    cfg = make_cfg([*TINY, "data.num_val=16", "data.eval_batch_size=4"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    scores = []
+    for devices, strategy in ((1, "auto"), (2, "ddp_spawn")):
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            devices=devices,
+            strategy=strategy,
+            logger=False,
+            enable_progress_bar=False,
+            enable_checkpointing=False,
+            deterministic=True,
+        )
+        scores.append(trainer.validate(model, datamodule=datamodule, verbose=False)[0]["val/miou"])
+    assert scores[0] == pytest.approx(scores[1], abs=1e-6)
+    # And the full training path under ddp_spawn (Hydra's trainer=ddp_spawn config) writes its metrics.
+    train(
+        make_cfg(
+            [*TINY, "trainer=ddp_spawn", "trainer.accelerator=cpu", "test=false"], run_dir=tmp_path / "ddp"
+        )
+    )
+    assert "val/miou_best" in json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+
+
+def test_config_typos_fail_with_hydra_messages(tmp_path: Path) -> None:
+    typo = run_cli(["train.py", "model.optimiser.lr=0.1", f"hydra.run.dir={tmp_path}"])
+    assert typo.returncode != 0
+    assert "optimiser" in typo.stderr and "Traceback" not in typo.stderr
+    group = run_cli(["train.py", "data=nope", f"hydra.run.dir={tmp_path}"])
+    assert group.returncode != 0
+    assert "Could not find 'data/nope'" in group.stderr and "shapes" in group.stderr
+
+
+def test_joblib_multirun_sweeps_two_values(tmp_path: Path) -> None:
+    out = run_cli(
+        [
+            "train.py",
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "seed=1,2",
+            *TINY,
+            "logger=csv",
+            "test=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(runs) == 2
+    seeds = {yaml.safe_load((r.parent / "config.yaml").read_text())["seed"] for r in runs}
+    assert seeds == {1, 2}
+
+
+def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:
+    out = run_cli(
+        [
+            "train.py",
+            "hparams_search=supervised_optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.sampler.n_startup_trials=1",
+            *TINY,
+            "logger=csv",
+            "test=false",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert "model.optimizer.lr" in best["best_params"]
+    assert 0.0 <= best["best_value"] <= 1.0

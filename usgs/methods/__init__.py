@@ -1,0 +1,1 @@
+"""LightningModules, one per method, on the shared :class:`usgs.methods.base.SegmentationModule`."""

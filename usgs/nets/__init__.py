@@ -1,0 +1,1 @@
+"""Plain ``nn.Module`` networks with explicit typed arguments (no configs, no device calls)."""

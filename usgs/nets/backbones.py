@@ -1,0 +1,264 @@
+"""Backbones with torchvision-compatible state-dict keys: ResNet-18/50/101 and VGG16-BN.
+
+Key names follow ``torchvision.models`` exactly, so torchvision or MoCo checkpoint files load from a
+path with :func:`load_state_dict_file` (torchvision itself is never imported).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+ResNetName = Literal["resnet18", "resnet50", "resnet101"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (ResNet-18/34). Supports dilation, unlike torchvision's."""
+
+    expansion = 1
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (strided, dilated) -> 1x1 block of ResNet-50/101 (stride on the 3x3, 'ResNet v1.5')."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+_RESNET_SPECS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], tuple[int, int, int, int]]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
+
+# Which of layer2..layer4 trade their stride for dilation (DeepLab, Chen et al. 2017).
+_DILATE_FOR_STRIDE: dict[int, tuple[bool, bool, bool]] = {
+    32: (False, False, False),
+    16: (False, False, True),
+    8: (False, True, True),
+}
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al., CVPR 2016) returning multi-scale features.
+
+    ``forward(x [B,3,H,W]) -> {"stem": [B,64|128,H/4,W/4], "layer1": ..., "layer4": [B,C4,H/os,W/os]}``.
+    ``output_stride`` 8 or 16 replaces strides by dilation (DeepLab); ``deep_stem`` uses three 3x3
+    convolutions (PSPNet, Zhao et al., CVPR 2017; keys ``conv1..3``/``bn1..3`` as in its release).
+    """
+
+    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int],
+                 output_stride: int = 32, deep_stem: bool = False) -> None:
+        super().__init__()
+        if output_stride not in _DILATE_FOR_STRIDE:
+            raise ValueError(f"output_stride must be one of {sorted(_DILATE_FOR_STRIDE)}, got {output_stride}")
+        self.deep_stem = deep_stem
+        self.inplanes = 128 if deep_stem else 64
+        self.dilation = 1
+        if deep_stem:
+            self.conv1 = nn.Conv2d(3, 64, 3, 2, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+            self.conv2 = nn.Conv2d(64, 64, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(64)
+            self.conv3 = nn.Conv2d(64, 128, 3, 1, 1, bias=False)
+            self.bn3 = nn.BatchNorm2d(128)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+            self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        stem_channels = self.inplanes
+        dilate = _DILATE_FOR_STRIDE[output_stride]
+        self.layer1 = self._make_layer(block, 64, layers[0])
+        self.layer2 = self._make_layer(block, 128, layers[1], stride=2, dilate=dilate[0])
+        self.layer3 = self._make_layer(block, 256, layers[2], stride=2, dilate=dilate[1])
+        self.layer4 = self._make_layer(block, 512, layers[3], stride=2, dilate=dilate[2])
+        e = block.expansion
+        self.channels = {"stem": stem_channels, "layer1": 64 * e, "layer2": 128 * e,
+                         "layer3": 256 * e, "layer4": 512 * e}
+        self.output_stride = output_stride
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
+                    stride: int = 1, dilate: bool = False) -> nn.Sequential:
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        modules = [block(self.inplanes, planes, stride, previous_dilation, downsample)]
+        self.inplanes = planes * block.expansion
+        modules += [block(self.inplanes, planes, 1, self.dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*modules)
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.deep_stem:
+            x = self.relu(self.bn2(self.conv2(x)))
+            x = self.relu(self.bn3(self.conv3(x)))
+        stem = self.maxpool(x)
+        l1 = self.layer1(stem)
+        l2 = self.layer2(l1)
+        l3 = self.layer3(l2)
+        l4 = self.layer4(l3)
+        return {"stem": stem, "layer1": l1, "layer2": l2, "layer3": l3, "layer4": l4}
+
+
+def resnet(name: ResNetName = "resnet50", output_stride: int = 32, deep_stem: bool = False,
+           weights: str | None = None) -> ResNet:
+    """Build a ResNet by name, optionally loading a local torchvision/MoCo checkpoint file."""
+    if name not in _RESNET_SPECS:
+        raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(sorted(_RESNET_SPECS))}")
+    block, layers = _RESNET_SPECS[name]
+    net = ResNet(block, layers, output_stride=output_stride, deep_stem=deep_stem)
+    if weights:
+        load_state_dict_file(net, weights)
+    return net
+
+
+# torchvision's vgg16_bn 'features' configuration; "M" = 2x2 max-pool.
+_VGG16_CFG: tuple[int | str, ...] = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                                     512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16BN(nn.Module):
+    """VGG16 with batch norm (Simonyan & Zisserman, ICLR 2015), torchvision keys ``features.N``.
+
+    ``forward(x [B,3,H,W]) -> {"stage1": [B,64,H,W], ..., "stage5": [B,512,H/16,W/16]}``: the output of
+    each block's last ReLU, before its max-pool (``features.42`` is the last ReLU, Grad-CAM's layer).
+    Pooling with ``return_indices`` for SegNet-style decoders is available through ``pool_indices=True``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                assert isinstance(v, int)
+                layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                in_ch = v
+        self.features = nn.Sequential(*layers)
+        self.channels = {f"stage{i}": c for i, c in enumerate((64, 128, 256, 512, 512), start=1)}
+        self.stage_ends = [i - 1 for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        stage = 1
+        for i, layer in enumerate(self.features):
+            if isinstance(layer, nn.MaxPool2d):
+                continue  # the stage's pooled output is the next stage's input
+            x = layer(x)
+            if i in self.stage_ends:
+                out[f"stage{stage}"] = x
+                stage += 1
+                x = nn.functional.max_pool2d(x, 2, 2)
+        return out
+
+
+def vgg16_bn(weights: str | None = None) -> VGG16BN:
+    """Build VGG16-BN, optionally loading a local torchvision checkpoint file (``classifier.*`` is ignored)."""
+    net = VGG16BN()
+    if weights:
+        load_state_dict_file(net, weights)
+    return net
+
+
+_PREFIXES = ("module.", "encoder_q.", "backbone.", "model.", "net.")
+
+
+def load_state_dict_file(module: nn.Module, path: str | Path,
+                         prefixes: tuple[str, ...] = _PREFIXES) -> tuple[list[str], list[str]]:
+    """Load a torchvision / MoCo-format checkpoint file into ``module`` (non-strict, reported).
+
+    Accepts a raw state dict or one nested under ``state_dict``/``model``; strips DDP/MoCo prefixes
+    (``module.encoder_q.conv1.weight`` -> ``conv1.weight``); skips keys whose shapes differ (e.g. the
+    classifier). Returns ``(missing, unexpected)`` and logs them; raises if no key matched at all.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint file not found: {path} (expected a torchvision-format .pth file)")
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
+            blob = blob[key]
+    if not isinstance(blob, dict):
+        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(blob).__name__}")
+    if any(k.startswith("module.encoder_k.") for k in blob):  # MoCo: keep the query encoder only
+        blob = {k: v for k, v in blob.items() if not k.startswith("module.encoder_k.")}
+    own = module.state_dict()
+    cleaned = {_match_key(key, own, prefixes): value for key, value in blob.items()}
+    shape_mismatch = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
+    usable = {k: v for k, v in cleaned.items() if k in own and k not in shape_mismatch}
+    if not usable:
+        raise ValueError(f"{path}: no parameter name matches {type(module).__name__} "
+                         f"(first keys in file: {list(blob)[:5]}, expected e.g. {list(own)[:5]})")
+    result = module.load_state_dict(usable, strict=False)
+    unexpected = sorted(set(cleaned) - set(own)) + shape_mismatch
+    missing = sorted(result.missing_keys)
+    log.info("Loaded %d tensors from %s; missing %d %s; unexpected/skipped %d %s", len(usable), path,
+             len(missing), missing[:10], len(unexpected), unexpected[:10])
+    return missing, unexpected
+
+
+def _match_key(key: str, own: dict[str, Tensor], prefixes: tuple[str, ...]) -> str:
+    """``key`` itself if the module has it, else the first prefix-stripped form it has (else fully stripped)."""
+    name = key
+    while name not in own:
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None:
+            break
+        name = name[len(prefix):]
+    return name

@@ -1,0 +1,1 @@
+"""Run functions behind the entry points; the only package (with the entry points) that touches Hydra."""
