@@ -24,9 +24,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from usgs.data.prior_store import find_prior_dir
-from usgs.data.transforms import MASK_KEYS, normalize
+from usgs.data.transforms import IGNORE_INDEX, MASK_KEYS, normalize
 
-IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 Transform = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 _DEFAULT: Any = object()  # sentinel: "the DataModule's transform for this split"

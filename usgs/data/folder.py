@@ -1,0 +1,153 @@
+"""Any dataset laid out as ``images/`` + ``masks/`` (+ optional ``saliency/``), classes from the config.
+
+Layout: ``<root>/<image_dir>/<stem>.<jpg|jpeg|png>`` and ``<root>/<mask_dir>/<stem><mask_ext>``
+(single-channel or palette PNG whose values are class ids, 255 = ignore). If ``<root>/<image_dir>``
+has ``train/``, ``val/`` (and ``test/``) sub-folders they are the splits (same below ``mask_dir``);
+otherwise a seeded permutation puts ``val_fraction`` of the images in val (test = val).
+
+Options for figure/ground data (Weizmann horses, see `usgs.data.weizmann`): ``mask_threshold``
+binarises grey masks (value >= threshold -> 1), ``resize_image_to_mask`` resizes images that come at
+a different resolution than their masks, ``saliency_from_mask`` adds the mask as ``saliency``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png")
+
+
+class FolderDataset(SegmentationDataset):
+    """Pairs ``ids`` of ``image_dir``/``mask_dir`` (see module docstring)."""
+
+    def __init__(
+        self,
+        ids: list[str],
+        image_paths: dict[str, Path],
+        mask_dir: Path,
+        num_classes: int,
+        mask_ext: str = ".png",
+        saliency_dir: Path | None = None,
+        mask_threshold: int | None = None,
+        resize_image_to_mask: bool = False,
+        saliency_from_mask: bool = False,
+        transform: Transform | None = None,
+        prior_dir: Path | None = None,
+    ) -> None:
+        super().__init__(num_classes, transform, prior_dir)
+        self.ids, self.image_paths, self.mask_dir, self.mask_ext = ids, image_paths, mask_dir, mask_ext
+        self.saliency_dir, self.mask_threshold = saliency_dir, mask_threshold
+        self.resize_image_to_mask, self.saliency_from_mask = resize_image_to_mask, saliency_from_mask
+
+    def describe(self, index: int) -> str:
+        return f"sample {self.ids[index]!r} ({self.mask_dir / self.ids[index]}{self.mask_ext})"
+
+    def _mask(self, path: Path) -> np.ndarray:
+        if self.mask_threshold is None:
+            return read_index_png(path)
+        grey = read_rgb(path).mean(axis=2)  # JPEG masks: any mode, thresholded
+        return binarise(grey, self.mask_threshold)
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        name = self.ids[index]
+        image_path, mask_path = self.image_paths[name], self.mask_dir / f"{name}{self.mask_ext}"
+        image, mask = read_rgb(image_path), self._mask(mask_path)
+        if self.resize_image_to_mask and image.shape[:2] != mask.shape:
+            image = cv2.resize(image, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_AREA)
+        check_same_size(image, mask, image_path, mask_path)
+        sample = {"image": image, "mask": mask}
+        if self.saliency_from_mask:
+            sample["saliency"] = (mask > 0).astype(np.uint8)
+        elif self.saliency_dir is not None:
+            saliency_path = self.saliency_dir / f"{name}.png"
+            saliency = read_index_png(saliency_path)
+            check_same_size(image, saliency, image_path, saliency_path)
+            sample["saliency"] = binarise(saliency, 128) if saliency.max() > 1 else saliency
+        return sample
+
+
+class FolderDataModule(SegmentationDataModule):
+    """A user's own segmentation folder; ``class_names`` (and ``palette``) come from the config."""
+
+    name = "folder"
+
+    def __init__(
+        self,
+        *,
+        class_names: list[str],
+        palette: list[list[int]] | None = None,
+        dataset_name: str | None = None,
+        image_dir: str = "images",
+        mask_dir: str = "masks",
+        mask_ext: str = ".png",
+        saliency_dir: str | None = None,
+        mask_threshold: int | None = None,
+        resize_image_to_mask: bool = False,
+        saliency_from_mask: bool = False,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        **kwargs: Any,
+    ) -> None:
+        self.class_names = tuple(class_names)
+        if dataset_name is not None:
+            self.name = dataset_name  # the prior cache folder of this dataset
+        rng = np.random.default_rng(0)  # fixed colours when the config gives none
+        colours = palette if palette is not None else rng.integers(0, 256, (len(class_names), 3)).tolist()
+        self.palette = np.array(colours, dtype=np.uint8).reshape(len(class_names), 3)
+        super().__init__(**kwargs)
+        self.image_dir, self.mask_dir, self.mask_ext, self.saliency_dir = (
+            image_dir,
+            mask_dir,
+            mask_ext,
+            saliency_dir,
+        )
+        self.mask_threshold, self.resize_image_to_mask = mask_threshold, resize_image_to_mask
+        self.saliency_from_mask, self.val_fraction, self.split_seed = (
+            saliency_from_mask,
+            val_fraction,
+            split_seed,
+        )
+
+    def layout(self) -> str:
+        return (
+            f"<root>/{self.image_dir}/[<split>/]<stem>{{{','.join(IMAGE_EXTS)}}} and "
+            f"<root>/{self.mask_dir}/[<split>/]<stem>{self.mask_ext}"
+        )
+
+    def build_dataset(self, split: str, transform: Transform | None, prior_dir: Path | None) -> FolderDataset:
+        root = self.require_root(self.layout())
+        image_dir, mask_dir = root / self.image_dir, root / self.mask_dir
+        saliency_dir = root / self.saliency_dir if self.saliency_dir is not None else None
+        by_split = (image_dir / "train").is_dir()
+        if by_split:
+            image_dir, mask_dir = image_dir / split, mask_dir / split
+            saliency_dir = saliency_dir / split if saliency_dir is not None else None
+        for folder in (image_dir, mask_dir, saliency_dir):
+            if folder is not None and not folder.is_dir():
+                raise FileNotFoundError(f"folder missing: {folder}; expected {self.layout()}")
+        paths = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+        if not paths:
+            raise FileNotFoundError(f"no images in {image_dir}; expected {self.layout()}")
+        ids = sorted(paths)
+        if not by_split:
+            ids = holdout_split(ids, split, self.val_fraction, self.split_seed)
+        return FolderDataset(
+            ids,
+            paths,
+            mask_dir,
+            self.num_classes,
+            self.mask_ext,
+            saliency_dir,
+            self.mask_threshold,
+            self.resize_image_to_mask,
+            self.saliency_from_mask,
+            transform,
+            prior_dir,
+        )
