@@ -200,3 +200,15 @@ def test_yaml_instantiates(make_cfg: Callable[..., DictConfig]) -> None:
     assert dm.seed == cfg.seed  # shuffle follows the run's seed; the images follow data_seed
     image = dm.dataset("train")[0]["image"]
     assert image.shape == (3, cfg.data.image_size, cfg.data.image_size)
+
+
+def test_tensors_added_by_a_transform_reach_the_batch() -> None:
+    def two_views(raw: dict) -> dict:
+        out = dict(raw)
+        out["image2"] = torch.full((3, 4, 4), 7.0)
+        out["not_a_tensor"] = "dropped"
+        return out
+
+    sample = _module().dataset("train", transform=two_views)[0]
+    assert torch.equal(sample["image2"], torch.full((3, 4, 4), 7.0))
+    assert "not_a_tensor" not in sample and sample["mask"].dtype == torch.int64

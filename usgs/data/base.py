@@ -149,6 +149,8 @@ class SegmentationDataset(Dataset, ABC):
         else:
             raise ValueError(f"{self.describe(index)}: load() gave neither 'labels' nor 'mask'")
         sample["labels"] = labels
+        # Tensors a transform adds under new keys (e.g. the second view of twin training) pass through.
+        sample.update({k: v for k, v in raw.items() if k not in sample and isinstance(v, torch.Tensor)})
         sample["index"] = index
         sample["name"] = self.ids[index]
         return sample
