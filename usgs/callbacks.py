@@ -53,8 +53,9 @@ class PredictionOverlays(pl.Callback):
         if pred.dim() == 4:
             pred = pred.argmax(dim=1)
         metric = getattr(pl_module, "val_metric", None)
-        num_ids = max(int(pred.max()) + 1, getattr(metric, "num_predictions", 0), pl_module.num_classes)
-        palette = color_palette(num_ids, getattr(trainer.datamodule, "palette", None))
+        num_ids = max(int(pred.max()) + 1, int(getattr(metric, "num_predictions", 0)),
+                      int(getattr(pl_module, "num_classes", 0)))
+        palette = color_palette(num_ids, getattr(getattr(trainer, "datamodule", None), "palette", None))
         grid = np.concatenate([overlay_panel(i, m, p, palette)
                                for i, m, p in zip(images, batch["mask"], pred, strict=False)], axis=0)
         for logger in trainer.loggers:

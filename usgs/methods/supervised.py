@@ -29,6 +29,7 @@ class SupervisedSegmentation(SegmentationModule):
         weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights else None
         if weight is not None and weight.numel() != num_classes:
             raise ValueError(f"class_weights has {weight.numel()} entries, expected num_classes={num_classes}")
+        self.class_weights: Tensor | None
         self.register_buffer("class_weights", weight, persistent=False)
 
     def forward(self, image: Tensor) -> Tensor:

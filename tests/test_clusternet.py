@@ -1,0 +1,165 @@
+"""PSPNet / ClusterNet assembly, its LightningModule and its experiment configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import cast
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn import functional as F
+
+from usgs.methods.clusternet import ClusterNet
+from usgs.nets.pspnet import PSPNet, PyramidPooling
+from usgs.nets.spectral import SpectralClustering
+from usgs.run.train import train
+
+# ResNet-18 and few clusters: the thesis's ResNet-50 / 40 clusters are too slow for 2 CPU cores.
+SMALL = ["model.net.backbone=resnet18", "model.net.spectral.num_clusters=8"]
+FAST_RUN = ["trainer.fast_dev_run=true", "data.batch_size=2", "data.eval_batch_size=2"]
+
+
+def test_pyramid_pooling_channels_and_identity_path() -> None:
+    ppm = PyramidPooling(40, bins=(2, 3, 6, 8)).eval()
+    assert ppm.channels == 10 and ppm.out_channels == 80  # C / len(bins) per bin (PSPNet)
+    x = torch.randn(2, 40, 9, 11)
+    out = ppm(x)
+    assert out.shape == (2, 80, 9, 11)
+    assert torch.equal(out[:, :40], x)  # the input is concatenated unchanged
+    # A constant map pools to the same constant at every bin, so every pooled stage is constant.
+    const = ppm(torch.ones(1, 40, 9, 11))[:, 40:]
+    torch.testing.assert_close(const, const[:, :, :1, :1].expand_as(const))
+
+
+def test_pspnet_outputs_train_and_eval() -> None:
+    net = PSPNet(5, backbone="resnet18", spectral=SpectralClustering(num_clusters=6))
+    x = torch.randn(2, 3, 40, 40)
+    out = net.train()(x)
+    assert set(out) == {"out", "aux"}
+    assert out["out"].shape == out["aux"].shape == (2, 5, 40, 40)
+    assert set(net.eval()(x)) == {"out"}  # the auxiliary head is for training only
+    # PPM on the 6 cluster maps: 6 + 4 bins x (6 // 4 = 1) channels.
+    assert isinstance(net.cluster, nn.Sequential) and net.ppm.out_channels == 10
+
+
+def test_gradients_reach_backbone_through_spectral_layer() -> None:
+    # No auxiliary head: the only way to the backbone is through the cluster means.
+    net = PSPNet(4, backbone="resnet18", aux=False, spectral=SpectralClustering(num_clusters=6))
+    image = torch.randn(2, 3, 40, 40)
+    mask = torch.randint(0, 4, (2, 40, 40))
+    F.cross_entropy(net.train()(image)["out"], mask).backward()
+    for name, param in net.backbone.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+class _FixedNet(nn.Module):
+    """Returns channels 0..2 of the input as main logits and 3..5 as auxiliary logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Conv2d(1, 1, 1)
+        self.head = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": x[:, :3], "aux": x[:, 3:]}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+def test_loss_is_main_plus_weighted_aux_with_ignore() -> None:
+    image = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(0))
+    mask = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(1))
+    mask[0, 0] = 255
+    loss = ClusterNet(cast(PSPNet, _FixedNet()), 3, aux_weight=0.4).training_step(
+        {"image": image, "mask": mask}, 0
+    )
+    keep = mask != 255
+
+    # Hand-computed CE over the non-ignored pixels, main + 0.4 x aux.
+    def ce(logits: torch.Tensor) -> torch.Tensor:
+        logp = logits.log_softmax(1).permute(0, 2, 3, 1)[keep]
+        return -logp.gather(1, mask[keep].unsqueeze(1)).mean()
+
+    expected = ce(image[:, :3]) + 0.4 * ce(image[:, 3:])
+    torch.testing.assert_close(loss, expected)
+    assert math.isfinite(float(loss))
+
+
+def test_param_groups_backbone_at_a_tenth() -> None:
+    module = ClusterNet(PSPNet(3, backbone="resnet18", spectral=SpectralClustering(4)), 3)
+    groups = module.param_groups()
+    assert groups[0]["lr_scale"] == 0.1 and "lr_scale" not in groups[1]
+    backbone = {id(p) for p in module.net.backbone.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == backbone
+    rest = {id(p) for p in groups[1]["params"]}
+    assert not rest & backbone
+    assert rest | backbone == {id(p) for p in module.parameters()}
+    assert module.net.cluster is not None
+    assert {id(p) for p in module.net.cluster.parameters()} <= rest  # new modules at 10x
+
+
+def _run(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> dict[str, float]:
+    cfg = make_cfg(overrides)
+    train(cfg)
+    metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    return metrics
+
+
+def test_experiment_clusternet_runs_on_shapes(make_cfg: Callable[..., DictConfig]) -> None:
+    metrics = _run(make_cfg, ["experiment=clusternet", "data=shapes", *SMALL, *FAST_RUN])
+    assert 0.0 <= metrics["test/miou"] <= 1.0
+
+
+def test_stanford_experiments_differ_only_by_the_spectral_layer(
+    make_cfg: Callable[..., DictConfig],
+) -> None:
+    cluster = make_cfg(["experiment=clusternet_stanford"])
+    plain = make_cfg(["experiment=pspnet_stanford"])
+    assert cluster.model.net.spectral.num_clusters == 40 and plain.model.net.spectral is None
+    cluster.model.net.spectral = None
+    cluster.tags = plain.tags
+    assert cluster == plain  # same budget, data, optimiser and seed
+
+
+def _cityscapes_overrides(shared_data: Path) -> list[str]:
+    root = shared_data / "mmseg_real_samples" / "pseudo_cityscapes_dataset"
+    if not (root / "leftImg8bit").is_dir():
+        pytest.skip(f"Cityscapes sample frame absent under {root}")
+    return [
+        "experiment=clusternet",
+        f"data.root={root}",
+        # The sample ships one val frame only: every split reads it.
+        "data.split_dirs={train:val,val:val,test:val}",
+        "data.train_transform.crop_size=96",
+        "data.persistent_workers=false",
+        "data.batch_size=1",
+        *SMALL,
+    ]
+
+
+def test_clusternet_on_real_cityscapes_frame(make_cfg: Callable[..., DictConfig], shared_data: Path) -> None:
+    overrides = [*_cityscapes_overrides(shared_data), "trainer.fast_dev_run=true"]
+    metrics = _run(make_cfg, overrides)
+    assert 0.0 <= metrics["test/miou"] <= 1.0
+    assert len([k for k in metrics if k.startswith("test/iou/")]) == 19
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
+def test_clusternet_raw_cityscapes_ids(make_cfg: Callable[..., DictConfig], shared_data: Path) -> None:
+    # The thesis's 34 raw label ids: one training step on the real frame, no Trainer needed.
+    cfg = make_cfg([*_cityscapes_overrides(shared_data), "data.label_mode=raw", "data.num_classes=34"])
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    valid = batch["mask"][batch["mask"] != 255]
+    assert valid.numel() > 0 and int(valid.max()) < 34
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.predict(batch["image"]).shape[1] == 34
+    loss = model.training_step(batch, 0)
+    loss.backward()
+    assert math.isfinite(float(loss))

@@ -1,0 +1,193 @@
+"""Spectral clustering of feature channels: the ClusterNet layer (diploma thesis, after PSPNet).
+
+Ng, Jordan & Weiss, "On Spectral Clustering: Analysis and an algorithm", NIPS 2001, applied to the
+C channels of a feature map: each channel's flattened H*W map is one point. The layer groups the
+channels into ``num_clusters`` clusters and returns the mean map of every cluster, so that the
+pyramid pooling that follows sees ``num_clusters`` maps instead of C.
+
+The assignment is discrete (eigenvectors + k-means), so it is computed without gradient; the output
+is a linear function of the input given the assignment, so gradients reach the backbone through the
+cluster means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from usgs.nets.kmeans import kmeans
+
+
+def channel_distances(x: Tensor) -> Tensor:
+    """Root-mean-square difference per pixel between every pair of channels.
+
+    ``x`` [B,C,H,W] -> [B,C,C]. Dividing the Euclidean distance by sqrt(H*W) keeps the affinity's
+    threshold / scale independent of the crop size (the thesis used 90x90 maps; tests use 8x8).
+    """
+    points = x.flatten(2)
+    sq = points.pow(2).sum(-1)
+    gram = points @ points.transpose(1, 2)
+    sq_dist = (sq.unsqueeze(2) + sq.unsqueeze(1) - 2 * gram).clamp_min(0)
+    return (sq_dist / points.shape[-1]).sqrt()
+
+
+class ThresholdAffinity(nn.Module):
+    """Thesis affinity: an epsilon-neighbourhood graph, A_ij = 1 if d_ij < scale else 0.
+
+    ``scale`` is the distance threshold epsilon (named like :class:`GaussianAffinity`'s sigma so
+    that one config key switches the kernel). With the layer4 features batch-normalised (unit
+    variance per channel), two channels at RMS distance d have correlation about 1 - d^2/2, so the
+    default sqrt(2) links exactly the positively correlated channels (at random init the median
+    distance is ~sqrt(2), and a threshold of 1.0 linked under 1% of the channel pairs). d_ii = 0 gives
+    every channel a self-loop, so no degree is zero.
+    """
+
+    def __init__(self, scale: float = math.sqrt(2)) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"ThresholdAffinity: scale (threshold) must be > 0, got {scale}")
+        self.scale = scale
+
+    def forward(self, distances: Tensor) -> Tensor:
+        """[B,C,C] distances -> [B,C,C] binary affinity (float)."""
+        return (distances < self.scale).to(distances.dtype)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+class GaussianAffinity(nn.Module):
+    """Gaussian kernel affinity A_ij = exp(-d_ij^2 / (2 scale^2)) (Ng, Jordan & Weiss 2001, eq. 1).
+
+    ``scale`` is sigma in the same RMS-per-pixel units as :func:`channel_distances`.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if scale <= 0:
+            raise ValueError(f"GaussianAffinity: scale must be > 0, got {scale}")
+        self.scale = scale
+
+    def forward(self, distances: Tensor) -> Tensor:
+        """[B,C,C] distances -> [B,C,C] affinity in (0, 1]."""
+        return torch.exp(-distances.pow(2) / (2 * self.scale**2))
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}"
+
+
+def _eigh_vectors(matrix: Tensor) -> Tensor:
+    """Eigenvectors of symmetric matrices [B,N,N], columns by ascending eigenvalue.
+
+    float32 LAPACK fails to converge on very degenerate spectra (an epsilon-graph with many isolated
+    channels has a Laplacian with many equal eigenvalues); float64 converges, so it is the fallback.
+    """
+    try:
+        return torch.linalg.eigh(matrix).eigenvectors
+    except torch.linalg.LinAlgError:
+        if matrix.dtype == torch.float64:
+            raise
+        return torch.linalg.eigh(matrix.double()).eigenvectors.to(matrix.dtype)
+
+
+def spectral_embedding(affinity: Tensor, k: int) -> Tensor:
+    """NJW embedding: the k smallest eigenvectors of the normalised Laplacian, rows normalised.
+
+    ``affinity`` [B,N,N] symmetric, non-negative, positive degrees -> [B,N,k].
+    L = I - D^-1/2 A D^-1/2; ``torch.linalg.eigh`` returns eigenvalues in ascending order, so the
+    first k columns are the k smallest (the thesis used the removed ``torch.eig``).
+    """
+    n = affinity.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"spectral_embedding: k must be in [1, {n}] (number of points), got {k}")
+    inv_sqrt_deg = affinity.sum(-1).clamp_min(torch.finfo(affinity.dtype).tiny).rsqrt()
+    normalised = inv_sqrt_deg.unsqueeze(2) * affinity * inv_sqrt_deg.unsqueeze(1)
+    eye = torch.eye(n, dtype=affinity.dtype, device=affinity.device)
+    u = _eigh_vectors(eye - normalised)[..., :k]
+    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def canonical_labels(labels: Tensor, num_clusters: int) -> Tensor:
+    """Renumber clusters by the first channel they contain: [B,N] -> [B,N].
+
+    k-means label ids are an arbitrary permutation; the layers after this one (BN, PPM) treat each
+    output map as a fixed feature, so cluster 0 is always the cluster of channel 0, cluster 1 the
+    cluster of the lowest channel not in cluster 0, and so on. This also makes the output
+    independent of k-means initialisation order whenever the partition is the same.
+    """
+    n = labels.shape[1]
+    members = nn.functional.one_hot(labels, num_clusters).bool()  # [B,N,K]
+    positions = torch.arange(n, device=labels.device).view(1, n, 1)
+    # First channel of each cluster (n if empty); a masked min instead of scatter_reduce keeps it
+    # deterministic on CUDA under torch.use_deterministic_algorithms.
+    first = torch.where(members, positions, n).amin(dim=1)  # [B,K]
+    rank = torch.argsort(torch.argsort(first, dim=1, stable=True), dim=1)
+    return rank.gather(1, labels)
+
+
+def cluster_means(x: Tensor, labels: Tensor, num_clusters: int) -> Tensor:
+    """Mean map of the channels in each cluster: x [B,C,H,W], labels [B,C] -> [B,num_clusters,H,W].
+
+    An empty cluster gives an all-zero map (its count is clamped to 1), so shapes never change and
+    no NaN is produced. Differentiable in ``x``.
+    """
+    one_hot = nn.functional.one_hot(labels, num_clusters).to(x.dtype)
+    counts = one_hot.sum(1).clamp_min(1)
+    weights = one_hot / counts.unsqueeze(1)
+    return torch.einsum("bck,bchw->bkhw", weights, x)
+
+
+class SpectralClustering(nn.Module):
+    """ClusterNet's spectral-clustering layer: [B,C,H,W] -> [B,num_clusters,H,W].
+
+    For every item of the batch (batched, no loop over items; the thesis clustered item 0 only):
+    channel affinity -> normalised Laplacian -> ``num_eigenvectors`` smallest eigenvectors (default
+    ``num_clusters``, as in NJW) -> rows normalised -> k-means (the suite's torch k-means) into
+    ``num_clusters`` clusters -> mean map per cluster. Parameter-free; the k-means generator is
+    re-seeded from ``seed`` at every call, so a forward pass is deterministic for a given input.
+    """
+
+    def __init__(
+        self,
+        num_clusters: int = 40,
+        num_eigenvectors: int | None = None,
+        affinity: nn.Module | None = None,
+        kmeans_iters: int = 20,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if num_clusters < 1:
+            raise ValueError(f"SpectralClustering: num_clusters must be >= 1, got {num_clusters}")
+        self.num_clusters = num_clusters
+        self.num_eigenvectors = num_eigenvectors or num_clusters
+        # The thesis's thresholded distance is the default graph.
+        self.affinity = affinity if affinity is not None else ThresholdAffinity()
+        self.kmeans_iters = kmeans_iters
+        self.seed = seed
+
+    @torch.no_grad()
+    def assign(self, x: Tensor) -> Tensor:
+        """Cluster id of every channel: [B,C,H,W] -> int64 [B,C] (canonical order, no gradient)."""
+        c = x.shape[1]
+        if c < self.num_clusters:
+            raise ValueError(f"SpectralClustering: {c} channels cannot form {self.num_clusters} clusters")
+        # eigh needs float32 or float64; half-precision features (AMP) are upcast.
+        feats = x.detach().float()
+        embedding = spectral_embedding(self.affinity(channel_distances(feats)), self.num_eigenvectors)
+        # A CPU generator: the k-means draws on it and moves the numbers, so CPU and GPU runs of the
+        # same input get the same seeding.
+        generator = torch.Generator().manual_seed(self.seed)
+        result = kmeans(embedding, self.num_clusters, iters=self.kmeans_iters, generator=generator)
+        return canonical_labels(result.labels, self.num_clusters)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B,C,H,W] -> [B,num_clusters,H,W]; gradients flow through the means to ``x``."""
+        return cluster_means(x, self.assign(x), self.num_clusters)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_clusters={self.num_clusters}, num_eigenvectors={self.num_eigenvectors}, "
+            f"kmeans_iters={self.kmeans_iters}, seed={self.seed}"
+        )
