@@ -142,6 +142,8 @@ def test_joblib_multirun_sweeps_two_values(tmp_path: Path) -> None:
     assert len(runs) == 2
     seeds = {yaml.safe_load((r.parent / "config.yaml").read_text())["seed"] for r in runs}
     assert seeds == {1, 2}
+    table = (tmp_path / "multirun_report.md").read_text()  # one table of both runs' metrics
+    assert "seed=1" in table and "seed=2" in table and "val/miou_best" in table
 
 
 def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:

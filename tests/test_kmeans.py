@@ -1,0 +1,101 @@
+"""Tests for the suite's torch k-means (usgs.nets.kmeans)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from usgs.nets.kmeans import assign, kmeans
+
+
+def _blobs(k: int = 4, per: int = 150, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(k, d, generator=g) * 20.0
+    x = centres[:, None] + torch.randn(k, per, d, generator=g)
+    return x.reshape(-1, d), torch.arange(k).repeat_interleave(per)
+
+
+def _is_permutation(true: torch.Tensor, pred: torch.Tensor, k: int) -> bool:
+    table = torch.bincount(true * k + pred, minlength=k * k).view(k, k)
+    # each true cluster maps to exactly one predicted cluster and vice versa
+    return bool(((table > 0).sum(0) == 1).all() and ((table > 0).sum(1) == 1).all())
+
+
+@pytest.mark.parametrize("init", ["kmeans++", "random"])
+def test_recovers_blobs_up_to_permutation(init: str) -> None:
+    x, true = _blobs()
+    res = kmeans(x, 4, init=init, generator=torch.Generator().manual_seed(3))  # type: ignore[arg-type]
+    assert res.labels.shape == (600,) and res.labels.dtype == torch.int64
+    assert res.centers.shape == (4, 6)
+    assert _is_permutation(true, res.labels, 4)
+    # inertia equals the hand-computed sum of squared distances to the assigned centres
+    manual = ((x - res.centers[res.labels]) ** 2).sum()
+    torch.testing.assert_close(res.inertia, manual, rtol=1e-4, atol=1e-2)
+    # centres are the means of their clusters (Lloyd fixed point)
+    for j in range(4):
+        torch.testing.assert_close(res.centers[j], x[res.labels == j].mean(0), rtol=1e-4, atol=1e-4)
+
+
+def test_deterministic_with_generator_and_seed_matters() -> None:
+    x = torch.randn(2000, 3, generator=torch.Generator().manual_seed(1))
+    a = kmeans(x, 8, generator=torch.Generator().manual_seed(7))
+    b = kmeans(x, 8, generator=torch.Generator().manual_seed(7))
+    c = kmeans(x, 8, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centers, b.centers)
+    assert not torch.equal(a.centers, c.centers)
+
+
+def test_batched_equals_per_item_and_chunking_is_invisible() -> None:
+    items = [_blobs(seed=s)[0] for s in range(3)]
+    x = torch.stack(items)  # [3,600,6]
+    init = torch.stack([it[torch.tensor([0, 150, 300, 450]) + 5] for it in items])
+    batched = kmeans(x, 4, init=init)
+    chunked = kmeans(x, 4, init=init, chunk_size=7)
+    assert batched.labels.shape == (3, 600) and batched.inertia.shape == (3,)
+    for i, item in enumerate(items):
+        single = kmeans(item, 4, init=init[i])
+        assert torch.equal(single.labels, batched.labels[i])
+        torch.testing.assert_close(single.centers, batched.centers[i])
+    assert torch.equal(chunked.labels, batched.labels)
+    torch.testing.assert_close(chunked.centers, batched.centers)
+
+
+def test_empty_cluster_reseeded_from_farthest_point() -> None:
+    # two tight groups and one far outlier; centre 2 starts far from everything -> empty at step 1
+    x = torch.tensor([[0.0], [0.1], [10.0], [10.1], [100.0]])
+    init = torch.tensor([[0.0], [10.0], [-1000.0]])
+    res = kmeans(x, 3, init=init, iters=5)
+    # the empty centre is re-seeded on the farthest point (100), which then forms its own cluster
+    assert res.labels.tolist() == [0, 0, 1, 1, 2]
+    torch.testing.assert_close(res.centers[:, 0], torch.tensor([0.05, 10.05, 100.0]))
+    assert float(res.inertia) == pytest.approx(4 * 0.05**2, abs=1e-5)
+
+
+def test_assign_matches_bruteforce_and_errors() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(2, 500, 4, generator=g), torch.randn(2, 7, 4, generator=g)
+    brute = torch.cdist(x, c).argmin(-1)
+    assert torch.equal(assign(x, c, chunk_size=33), brute)
+    assert torch.equal(assign(x[0], c[0]), brute[0])
+    with pytest.raises(ValueError, match="k must be"):
+        kmeans(x[0], 501)
+    with pytest.raises(ValueError, match="unknown k-means init"):
+        kmeans(x[0], 3, init="bogus")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="do not match"):
+        assign(x, c[:1])
+
+
+def test_integer_input_and_large_n_subsampled_seeding() -> None:
+    x, true = _blobs(k=3, per=400, d=2)
+    res = kmeans(
+        (x * 10).round().to(torch.int32), 3, generator=torch.Generator().manual_seed(0), init_max_points=50
+    )
+    assert res.centers.dtype == torch.float32
+    assert _is_permutation(true, res.labels, 3)
+
+
+def test_fewer_distinct_points_than_clusters_stays_finite() -> None:
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]]).repeat(20, 1)
+    res = kmeans(x, 5, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(res.centers).all() and float(res.inertia) == pytest.approx(0.0, abs=1e-6)
+    assert set(res.labels.tolist()) <= set(range(5)) and len(set(res.labels.tolist())) == 3

@@ -1,0 +1,233 @@
+"""Compute a prior for every image of a dataset split into an atomic, resumable, hashed PNG cache.
+
+Layout (reading side: ``usgs.data.prior_store``)::
+
+    <prior_root>/<dataset>/<split>/<prior>-<config hash>/
+        config.json        the prior's config, written first: a folder is never reused for another config
+        <id>.png           uint8 prior map, 255 = ignore (written atomically: temp file + os.replace)
+        .states/<id>.npz   per-image intermediate results of two-stage priors (deleted when finished)
+        .fit.npz           what the prior's fit() learned (a resumed run skips fit)
+        manifest.json      written LAST: config, counts, timings (+ ``extra``: git SHA, dataset ...)
+
+A killed run is resumed by running the same command again: finished images are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+from joblib import Parallel, delayed
+from tqdm.auto import tqdm
+
+from usgs.data.prior_store import MANIFEST
+from usgs.priors.base import MaskPrior, State
+
+__all__ = ["config_hash", "compute_prior", "load_image", "atomic_write", "ConfigMismatchError"]
+
+CONFIG_FILE = "config.json"
+
+
+class RawDataset(Protocol):
+    """The raw-access part of ``usgs.data.base.SegmentationDataset`` that priors need."""
+
+    ids: list[str]
+
+    def __len__(self) -> int: ...
+    def load(self, index: int) -> dict[str, np.ndarray]: ...
+    def describe(self, index: int) -> str: ...
+
+
+class ConfigMismatchError(RuntimeError):
+    """A cache folder exists but was created by a different prior configuration."""
+
+
+def config_hash(config: Mapping[str, Any], length: int = 10) -> str:
+    """Stable short hash of a JSON-able config (key order does not matter)."""
+    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", mask)
+    if not ok:
+        raise RuntimeError(f"could not encode prior PNG {path}")
+    atomic_write(path, buf.tobytes())
+
+
+def _save_npz(path: Path, arrays: State) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle
+    atomic_write(path, buf.getvalue())
+
+
+def _load_npz(path: Path) -> State:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+def load_image(dataset: RawDataset, index: int) -> np.ndarray:
+    """Raw uint8 [H,W,3] image ``index``, or a RuntimeError naming the image and the reason."""
+    try:
+        image = dataset.load(index)["image"]
+    except Exception as err:  # any reader failure becomes one clear message
+        raise RuntimeError(
+            f"cannot read image {index} ({dataset.describe(index)}): {type(err).__name__}: {err}"
+        ) from err
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise RuntimeError(
+            f"image {index} ({dataset.describe(index)}) must be uint8 [H,W,3], got {image.dtype} {image.shape}"
+        )
+    return image
+
+
+def _local_batch(prior: MaskPrior, dataset: RawDataset, indices: Sequence[int], out_dir: Path) -> float:
+    """Run ``local`` on one batch; store states (two-stage priors) or final PNGs. Returns compute seconds."""
+    images = [load_image(dataset, i) for i in indices]
+    start = time.perf_counter()
+    states = prior.local(images, indices)
+    seconds = time.perf_counter() - start
+    for i, image, state in zip(indices, images, states, strict=True):
+        if prior.needs_fit:
+            _save_npz(out_dir / ".states" / f"{dataset.ids[i]}.npz", state)
+        else:
+            start = time.perf_counter()
+            mask = prior.finalize(image, state)
+            seconds += time.perf_counter() - start
+            _write_png(out_dir / f"{dataset.ids[i]}.png", mask)
+    return seconds
+
+
+def _check_config(out_dir: Path, config: Mapping[str, Any]) -> None:
+    path = out_dir / CONFIG_FILE
+    wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            raise ConfigMismatchError(
+                f"cache folder {out_dir} was created by a different prior config; refusing to reuse it.\n"
+                f"  in the folder: {json.dumps(found, sort_keys=True)}\n  requested:     {json.dumps(wanted, sort_keys=True)}"
+            )
+    else:
+        atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
+
+
+def compute_prior(
+    prior: MaskPrior,
+    dataset: RawDataset,
+    out_dir: str | Path,
+    config: Mapping[str, Any],
+    workers: int = 1,
+    progress: bool = True,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fill ``out_dir`` with the prior of every image of ``dataset``; return the manifest dict.
+
+    Resumes an unfinished folder (skips images whose PNG / state exists) and returns the existing
+    manifest of a finished one. ``workers`` > 1 spreads CPU-bound priors (``prior.parallel``) over
+    processes. ``extra`` entries (dataset, split ...) are stored in the manifest.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_config(out_dir, config)
+    if (out_dir / MANIFEST).is_file():
+        return json.loads((out_dir / MANIFEST).read_text())
+    wall = time.perf_counter()
+    n, ids = len(dataset), dataset.ids
+    fit_file = out_dir / ".fit.npz"
+    fitted = prior.needs_fit and fit_file.is_file()
+
+    def missing(i: int) -> bool:
+        if prior.needs_fit and not fitted:
+            return not (out_dir / ".states" / f"{ids[i]}.npz").is_file()
+        return not (out_dir / f"{ids[i]}.png").is_file()
+
+    batches = [range(s, min(n, s + prior.batch_size)) for s in range(0, n, prior.batch_size)]
+    todo = [list(b) for b in batches if any(missing(i) for i in b)]
+    computed = sum(len(b) for b in todo)
+    bar = tqdm(total=len(todo), desc=f"{out_dir.name}: per-image", unit="batch", disable=not progress)
+    local_seconds = 0.0
+    if prior.parallel and workers > 1:
+        jobs = Parallel(n_jobs=workers, return_as="generator")(
+            delayed(_local_batch)(prior, dataset, b, out_dir) for b in todo
+        )
+    else:
+        jobs = (_local_batch(prior, dataset, b, out_dir) for b in todo)
+    for seconds in jobs:
+        local_seconds += seconds
+        bar.update(1)
+    bar.close()
+    fit_seconds = finalize_seconds = 0.0
+    if prior.needs_fit:
+        if fitted:
+            prior.load_fit_state(_load_npz(fit_file))
+        else:
+            states = [_load_npz(out_dir / ".states" / f"{i}.npz") for i in ids]
+            start = time.perf_counter()
+            prior.fit(states, lambda i: load_image(dataset, i))
+            fit_seconds = time.perf_counter() - start
+            _save_npz(fit_file, prior.fit_state())
+        for i in tqdm(
+            [i for i in range(n) if not (out_dir / f"{ids[i]}.png").is_file()],
+            desc=f"{out_dir.name}: finalize",
+            disable=not progress,
+        ):
+            image = load_image(dataset, i)
+            state = _load_npz(out_dir / ".states" / f"{ids[i]}.npz")
+            start = time.perf_counter()
+            mask = prior.finalize(image, state)
+            finalize_seconds += time.perf_counter() - start
+            _write_png(out_dir / f"{ids[i]}.png", mask)
+    histogram = np.zeros(256, dtype=np.int64)
+    empty = []
+    for name in ids:
+        stored = cv2.imread(str(out_dir / f"{name}.png"), cv2.IMREAD_UNCHANGED)
+        if stored is None:
+            raise RuntimeError(f"prior map {out_dir / name}.png is missing or unreadable")
+        histogram += np.bincount(stored.ravel(), minlength=256)
+        if (stored == 255).all():
+            empty.append(name)
+    manifest = {
+        "config": json.loads((out_dir / CONFIG_FILE).read_text()),
+        "folder": out_dir.name,
+        "prior": type(prior).__qualname__,
+        "kind": prior.kind,
+        "num_labels": prior.num_labels,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "counts": {
+            "images": n,
+            "computed_this_run": computed,
+            "no_proposal": len(empty),
+            "label_pixels": {str(v): int(c) for v, c in enumerate(histogram) if c},
+        },
+        "no_proposal_ids": empty,
+        "seconds": {
+            "local": local_seconds,
+            "fit": fit_seconds,
+            "finalize": finalize_seconds,
+            "wall": time.perf_counter() - wall,
+        },
+        "ms_per_image": 1000.0 * (local_seconds + fit_seconds + finalize_seconds) / max(1, computed),
+        **dict(extra or {}),
+    }
+    atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
+    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    return manifest

@@ -1,0 +1,131 @@
+"""Quality report of a cached prior against the ground truth (``report.json`` + ``report.md``).
+
+Semantic priors (cluster ids): mIoU and pixel accuracy with the suite's ``SegmentationMetric``,
+Hungarian-matched (one cluster per class; the number to read when G = number of classes) and
+majority-vote-matched (each cluster takes its most frequent class; the number to read when G >
+classes), as in the seed work's evaluation.
+Saliency priors (1 = foreground): foreground IoU, F-beta with beta^2 = 0.3 (Achanta et al. 2009,
+the saliency literature's weighting of precision over recall) and MAE. IoU and F-beta come from the
+dataset-level confusion matrix; MAE is the mean over images of the per-image mean absolute error.
+Pixels the prior leaves at 255 (no proposal) count as background; ground-truth 255 is ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from usgs.metrics import SegmentationMetric
+from usgs.priors.cache import RawDataset, atomic_write
+
+__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report"]
+
+IGNORE = 255
+BETA2 = 0.3
+
+
+def semantic_scores(
+    preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int
+) -> dict[str, float]:
+    """Hungarian and majority mIoU / pixel accuracy (in %) of cluster maps vs class masks.
+
+    Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
+    ``coverage`` (% of ground-truth-labelled pixels the prior labels) says how many that was.
+    """
+    metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in ("hungarian", "majority")}
+    labelled = covered = 0
+    for pred, target in zip(preds, targets, strict=True):
+        t = torch.from_numpy(target.astype(np.int64))[None]
+        p = torch.from_numpy(pred.astype(np.int64))[None]
+        labelled += int((t != IGNORE).sum())
+        t = t.masked_fill(p == IGNORE, IGNORE)
+        covered += int((t != IGNORE).sum())
+        p = p.masked_fill(p == IGNORE, 0)
+        for metric in metrics.values():
+            metric.update(p, t)
+    out: dict[str, float] = {}
+    for name, metric in metrics.items():
+        scores = metric.compute()
+        out[f"miou_{name}"] = 100.0 * float(scores["miou"])
+        out[f"pixel_accuracy_{name}"] = 100.0 * float(scores["pixel_accuracy"])
+    out["coverage"] = 100.0 * covered / max(1, labelled)
+    return out
+
+
+def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
+    """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (in %) of binary maps vs {0,1,255} masks."""
+    metric = SegmentationMetric(2, matching="none")
+    maes = []
+    for pred, target in zip(preds, targets, strict=True):
+        p = (pred == 1).astype(np.int64)
+        valid = target != IGNORE
+        if valid.any():
+            maes.append(float(np.abs(p[valid] - target[valid].astype(np.int64)).mean()))
+        metric.update(torch.from_numpy(p)[None], torch.from_numpy(target.astype(np.int64))[None])
+    cm = metric.confmat.double()  # [pred, target]
+    tp, fp, fn = cm[1, 1], cm[1, 0], cm[0, 1]
+    precision = float(tp / (tp + fp)) if tp + fp > 0 else 0.0
+    recall = float(tp / (tp + fn)) if tp + fn > 0 else 0.0
+    denom = BETA2 * precision + recall
+    fbeta = (1 + BETA2) * precision * recall / denom if denom > 0 else 0.0
+    iou = float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else float("nan")
+    return {
+        "iou": 100 * iou,
+        "fbeta": 100 * fbeta,
+        "precision": 100 * precision,
+        "recall": 100 * recall,
+        "mae": 100 * float(np.mean(maes)) if maes else float("nan"),
+    }
+
+
+def score_prior_dir(
+    prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int
+) -> dict[str, float]:
+    """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth."""
+    key = "mask" if kind == "semantic" else "saliency"
+    preds, targets = [], []
+    for i, name in enumerate(dataset.ids):
+        path = Path(prior_dir) / f"{name}.png"
+        pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if pred is None:
+            raise FileNotFoundError(f"prior map {path} missing or unreadable")
+        raw = dataset.load(i)
+        if key not in raw:
+            raise KeyError(
+                f"{dataset.describe(i)} has no {key!r} ground truth (keys: {sorted(raw)}); "
+                f"cannot score a {kind} prior on it"
+            )
+        preds.append(pred)
+        targets.append(raw[key])
+    if kind == "semantic":
+        return semantic_scores(preds, targets, num_classes, num_labels)
+    return saliency_scores(preds, targets)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A Markdown table with the union of the rows' keys as columns (floats with 2 decimals)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+
+    def fmt(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, report: Mapping[str, Any], title: str) -> str:
+    """Write ``report.json`` and ``report.md`` into ``out_dir``; return the Markdown text."""
+    out_dir = Path(out_dir)
+    atomic_write(out_dir / "report.json", json.dumps(report, indent=2, default=str).encode())
+    text = f"# {title}\n\n" + markdown_table([report])
+    atomic_write(out_dir / "report.md", text.encode())
+    return text
