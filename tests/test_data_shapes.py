@@ -212,3 +212,21 @@ def test_tensors_added_by_a_transform_reach_the_batch() -> None:
     sample = _module().dataset("train", transform=two_views)[0]
     assert torch.equal(sample["image2"], torch.full((3, 4, 4), 7.0))
     assert "not_a_tensor" not in sample and sample["mask"].dtype == torch.int64
+
+
+def test_train_sampler_hook_draws_rare_class_samples_more_often() -> None:
+    from functools import partial
+
+    from usgs.data.sampling import rare_class_sampler
+
+    cross = CLASS_NAMES.index("cross")
+    module = _module(num_train=60, train_sampler=partial(rare_class_sampler, rare_classes=[cross], factor=20.0,
+                                                         seed=3))
+    loader = module.train_dataloader()
+    dataset = module.dataset("train", transform=None)
+    drawn = list(loader.sampler)
+    has_cross = [bool((dataset.load(i)["mask"] == cross).any()) for i in range(len(dataset))]
+    base_rate = sum(has_cross) / len(has_cross)
+    drawn_rate = sum(has_cross[i] for i in drawn) / len(drawn)
+    assert 0 < base_rate < 0.8 and drawn_rate > base_rate + 0.1
+    assert drawn == list(module.train_dataloader().sampler)  # a fresh loader draws the same (seeded)

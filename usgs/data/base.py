@@ -21,7 +21,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from usgs.data.prior_store import find_prior_dir
 from usgs.data.transforms import IGNORE_INDEX, MASK_KEYS, normalize
@@ -186,6 +186,7 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
         prior_root: str | Path | None = None,
         prior_splits: Sequence[str] = ("train",),
         seed: int = 0,
+        train_sampler: Callable[[SegmentationDataset], Sampler[int]] | None = None,
     ) -> None:
         super().__init__()
         if num_classes != len(self.class_names):
@@ -209,6 +210,7 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
         self.prior_root = Path(prior_root) if prior_root is not None else None
         self.prior_splits = tuple(prior_splits)
         self.seed = seed
+        self.train_sampler = train_sampler  # e.g. usgs.data.sampling.rare_class_sampler (a partial)
         self._datasets: dict[str, SegmentationDataset] = {}
 
     @property
@@ -254,11 +256,13 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self._cached(split)
-        generator = torch.Generator().manual_seed(self.seed) if train else None
+        sampler = self.train_sampler(dataset) if train and self.train_sampler is not None else None
+        generator = torch.Generator().manual_seed(self.seed) if train and sampler is None else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             # drop the ragged last batch (batch-norm statistics), unless that would leave no batch
             # at all (tiny debugging subsets).
             drop_last=train and len(dataset) >= self.batch_size,

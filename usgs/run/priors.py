@@ -47,7 +47,7 @@ _LOADER_KEYS = {
     "root",
     "seed",
 }
-_NOT_ARGS = ("name", "workers", "morphology", "checkpoint", "features_checkpoint")
+_NOT_ARGS = ("name", "workers", "morphology", "checkpoint", "features_checkpoint", "train_command")
 
 
 def prior_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def _build_prior(cfg: DictConfig) -> tuple[str, int, Any]:
     elif "checkpoint" in node:
         raise ValueError(
             f"prior={name} needs a trained model: add prior.checkpoint=<path to best.ckpt> "
-            f"(train one with: python train.py experiment=saliency_weizmann)"
+            f"(train one with: {node.get('train_command', 'python train.py experiment=<its experiment>')})"
         )
     for key in _NOT_ARGS:
         node.pop(key, None)

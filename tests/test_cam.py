@@ -1,0 +1,62 @@
+"""Grad-CAM against the closed form of a linear model, and the classifier's CAM / Grad-CAM agreement."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from usgs.priors.cam import GradCAM, binarize
+
+
+class _Linear(nn.Module):
+    """scores = W . mean_pixels(A) with A = the input itself: Grad-CAM_c = ReLU(W_c . A) / max."""
+
+    def __init__(self, weight: Tensor) -> None:
+        super().__init__()
+        self.feat = nn.Identity()
+        self.weight = weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feat(x * 1.0).mean(dim=(2, 3)) @ self.weight.T
+
+
+def test_gradcam_equals_the_normalised_linear_map() -> None:
+    torch.manual_seed(0)
+    acts = torch.randn(2, 2, 5, 6)
+    weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
+    cams = GradCAM(_Linear(weight), "feat")(acts, labels)
+    for b in range(2):
+        for c in range(3):
+            expected = torch.relu(torch.einsum("k,khw->hw", weight[c], acts[b]))
+            expected = expected / expected.max() if labels[b, c] else torch.zeros(5, 6)
+            torch.testing.assert_close(cams[b, c], expected)
+    assert cams.max() == 1.0 and cams.min() >= 0.0
+    assert binarize(cams, 0.4).sum() == (cams >= 0.4).sum()
+
+
+def test_unknown_layer_lists_valid_names() -> None:
+    with pytest.raises(KeyError, match="feat"):
+        GradCAM(_Linear(torch.eye(2)), "nope")
+
+
+def test_classifier_gradcam_at_its_scoring_features_is_its_cam() -> None:
+    from usgs.methods.classifier import ImageClassifier
+    from usgs.nets.backbones import vgg16_bn
+
+    torch.manual_seed(0)
+    model = ImageClassifier(vgg16_bn(), num_classes=4, pos_weight=None).eval()
+    with torch.no_grad():  # ReLU features >= 0: positive weights give non-empty CAMs to compare
+        model.scorer.weight.abs_()
+        model.scorer.bias.zero_()  # Grad-CAM has no bias term
+    image = torch.randn(1, 3, 64, 64)
+    labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    cams = GradCAM(model, "backbone.features.42")(image, labels)  # the default layer
+    with torch.no_grad():
+        cam = torch.relu(model.cam(image))
+        cam = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)
+    for c in (0, 1):
+        torch.testing.assert_close(cams[0, c], cam[0, c] / cam[0, c].max(), atol=1e-4, rtol=1e-4)
+    assert (cams[0, 2:] == 0).all()
+    assert model.training is False

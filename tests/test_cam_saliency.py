@@ -1,0 +1,75 @@
+"""The seed's attention + saliency pseudo-GT rules, on hand-built arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from usgs.priors.cam_saliency import attention_saliency_pseudo_gt
+
+H = W = 40  # 1% of the image = 16 pixels
+
+
+def _scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = np.full((H, W, 3), 128, dtype=np.uint8)
+    saliency = np.zeros((H, W), dtype=np.uint8)
+    attention = np.zeros((2, H, W), dtype=np.float32)  # channels: class 3, class 5
+    saliency[2:12, 2:12] = 1  # blob A, 100 px
+    attention[0, 4:10, 4:10] = 0.9  # class 3: 36 px > 25 inside A
+    saliency[20:30, 2:12] = 1  # blob B, 100 px
+    attention[0, 22:27, 4:9] = 0.9  # class 3: exactly 25 px -> too small, dropped
+    saliency[32:35, 32:35] = 1  # blob C: 9 px < 1% -> dropped as saliency
+    attention[1, 30:38, 30:38] = 0.5  # class 5 over C, outside any kept saliency blob: kept
+    # class 5: two 15 + 12 px pieces that touch only diagonally -> one 27 px 8-connected blob
+    attention[1, 15:18, 20:25] = 0.6
+    attention[1, 18:21, 25:29] = 0.6
+    return image, attention, saliency
+
+
+def test_seed_rules_on_hand_built_arrays() -> None:
+    image, attention, saliency = _scene()
+    out = attention_saliency_pseudo_gt(image, attention, [3, 5], saliency)
+    expected = np.full((H, W), 255, dtype=np.uint8)
+    expected[2:12, 2:12] = 3  # one class overlaps blob A -> the whole blob
+    expected[30:38, 30:38] = 5  # attention outside (kept) saliency is kept, tiny blob C included
+    expected[15:18, 20:25] = 5
+    expected[18:21, 25:29] = 5
+    np.testing.assert_array_equal(out, expected)  # blob B: no class -> ignore
+
+
+def test_unmatched_blob_can_become_background_as_in_the_seed_code() -> None:
+    image, attention, saliency = _scene()
+    out = attention_saliency_pseudo_gt(image, attention, [3, 5], saliency, unmatched_label=0)
+    assert (out[20:30, 2:12] == 0).all()
+    assert (out[2:12, 2:12] == 3).all()
+
+
+def test_threshold_and_minimum_size_are_configurable() -> None:
+    image, attention, saliency = _scene()
+    out = attention_saliency_pseudo_gt(
+        image, attention, [3, 5], saliency, threshold=0.7, min_attention_pixels=20
+    )
+    assert (out[20:30, 2:12] == 3).all()  # 25 px > 20 now counts
+    assert (out[30:38, 30:38] == 255).all()  # 0.5 < 0.7: class 5 is gone
+
+
+def test_several_classes_in_one_blob_are_split_by_the_crf() -> None:
+    pytest.importorskip("pydensecrf")
+    image = np.zeros((H, W, 3), dtype=np.uint8)
+    image[:, :20] = (200, 30, 30)
+    image[:, 20:] = (30, 30, 200)
+    saliency = np.zeros((H, W), dtype=np.uint8)
+    saliency[5:35, 5:35] = 1
+    attention = np.zeros((2, H, W), dtype=np.float32)
+    attention[0, 10:30, 6:22] = 1.0  # class 1 leans over the colour edge at column 20 ...
+    attention[1, 10:30, 21:34] = 1.0  # ... class 2 on the blue side
+    out = attention_saliency_pseudo_gt(image, attention, [1, 2], saliency)
+    assert set(np.unique(out[5:35, 5:35])) <= {1, 2}
+    assert (out[5:35, 5:18] == 1).mean() > 0.9 and (out[5:35, 23:35] == 2).mean() > 0.9
+    assert (out[:5] == 255).all()
+
+
+def test_bad_shapes_are_reported() -> None:
+    image, attention, saliency = _scene()
+    with pytest.raises(ValueError, match="len\\(classes\\)"):
+        attention_saliency_pseudo_gt(image, attention, [3], saliency)

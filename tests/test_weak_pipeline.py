@@ -1,0 +1,91 @@
+"""The weak-supervision chain through the real configs: classifier -> cam_saliency prior -> DeepLab,
+online pseudo labels for crop-labelled samples (Vaihingen task ii), single-stage refined masks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+from torch import Tensor, nn
+
+from usgs.methods.single_stage import RefinedMasks, SingleStage, SingleStageNet
+from usgs.priors.cam_saliency import OnlinePseudoLabeler, image_labels
+from usgs.run.priors import make_priors
+from usgs.run.train import train
+
+torch.set_num_threads(1)
+TINY = ["data.image_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4"]
+
+
+def test_classifier_to_cam_saliency_prior_to_deeplab(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
+    cfg = make_cfg(["experiment=classifier", *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                    "callbacks.prediction_overlays=null", "model.pos_weight=null"])
+    train(cfg)
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    prior_cfg = make_cfg(["prior=cam_saliency", f"prior.checkpoint={ckpt}", "data=shapes", *TINY, "progress=false"],
+                         config_name="make_priors")
+    report = make_priors(prior_cfg)
+    assert report["images"] == 8 and 0.0 <= report["coverage"] <= 100.0
+    datamodule = instantiate(prior_cfg.data)
+    dataset = datamodule.dataset("train", transform=None)
+    folder = tmp_path / "priors" / "shapes" / "train" / report["folder"]
+    for i, name in enumerate(dataset.ids):
+        pseudo = np.asarray(Image.open(folder / f"{name}.png"))
+        present = set(image_labels(dataset.load(i), 7).tolist()) | {255}
+        assert set(np.unique(pseudo).tolist()) <= present  # only the image's own classes, or ignore
+
+    weak_cfg = make_cfg(["experiment=weak_deeplab", *TINY, "trainer.fast_dev_run=true",
+                         "callbacks.prediction_overlays=null", "model.net.head_channels=16"])
+    assert train(weak_cfg) is not None
+
+
+class _FixedAttention:
+    """Attention source returning preset maps (class 1 on the left half, class 2 on the right)."""
+
+    def __init__(self) -> None:
+        self.model = nn.Linear(1, 1)
+
+    def __call__(self, image: Tensor, labels: Tensor) -> Tensor:
+        maps = torch.zeros(*labels.shape, *image.shape[-2:])
+        maps[:, 1, :, :8] = 0.9
+        maps[:, 2, :, 8:] = 0.3  # below the 0.4 threshold
+        return maps * labels[:, :, None, None]
+
+
+def test_online_pseudo_labels_only_for_crop_labelled_samples(make_cfg: Callable[..., DictConfig]) -> None:
+    labeler = OnlinePseudoLabeler(_FixedAttention())
+    image = torch.zeros(2, 3, 16, 16)
+    labels = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    pseudo = labeler(image, labels)
+    assert (pseudo[0, :, :8] == 1).all() and (pseudo[0, :, 8:] == 255).all()
+    assert (pseudo[1] == 255).all()  # class 1 absent from sample 1's labels
+
+    cfg = make_cfg(["experiment=vaihingen_task2", "model.pseudo_labeler.checkpoint=null"])
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    node["net"] = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 5, "kernel_size": 1}
+    model = instantiate(node, _convert_="all")
+    assert isinstance(model.pseudo_labeler, OnlinePseudoLabeler)
+    model.pseudo_labeler = OnlinePseudoLabeler(_FixedAttention())
+    mask = torch.full((2, 16, 16), 255, dtype=torch.long)
+    mask[0] = 3  # an N1 crop with pixel labels, then an N2 crop with crop-level labels only
+    batch = {"image": image, "mask": mask, "index": torch.arange(2),
+             "labels": torch.tensor([[0.0, 0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0, 0.0]])}
+    target = model.target(batch)
+    assert (target[0] == 3).all()
+    assert (target[1, :, :8] == 1).all() and (target[1, :, 8:] == 255).all()
+
+
+def test_refined_masks_keep_only_present_classes() -> None:
+    torch.manual_seed(0)
+    model = SingleStage(SingleStageNet(num_classes=4, backbone="resnet18", channels=16), num_classes=4,
+                        pamr_iters=2)
+    labels = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    masks = RefinedMasks(model)(torch.randn(1, 3, 32, 32), labels)
+    assert masks.shape == (1, 4, 32, 32)
+    assert (masks[:, [1, 3]] == 0).all() and (masks >= 0).all()
+    assert (masks.sum(1) <= 1 + 1e-5).all()

@@ -1,0 +1,199 @@
+"""Single-stage weakly supervised segmentation from image labels (Araslanov & Roth, CVPR 2020).
+
+One network predicts pixel class logits; image-level scores come from normalised Global Weighted
+Pooling plus the focal mask penalty (``usgs.methods.gwp``); after ``pretrain_epochs`` the masks,
+refined by PAMR (``usgs.nets.pamr``), become the network's own pseudo ground truth. The decoder
+follows the authors' code: ASPP on the deep features, a skip from ``layer1``, Global Cue Injection
+into the shallow features and a Stochastic Gate (psi = 0.3) mixing the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from usgs.data.transforms import denormalize
+from usgs.methods.base import OptimizerFactory, SegmentationModule, split_backbone_params
+from usgs.methods.gwp import (
+    balanced_self_supervision_loss,
+    focal_mask_penalty,
+    ngwp_scores,
+    pseudo_gt_from_masks,
+)
+from usgs.nets.backbones import ResNetName, resnet
+from usgs.nets.heads import ASPP, conv_bn_relu
+from usgs.nets.pamr import PAMR
+
+
+class StochasticGate(nn.Module):
+    """Stochastic Gate (Araslanov & Roth 2020, Sec. 3.2): deep x1 and shallow x2 features [B,C,H,W].
+
+    Training: each element takes x2 with probability ``psi``, else the rescaled deep feature
+    ``(x1 - psi x2) / (1 - psi)`` (so that E[out] = x1); inference: ``(1 - psi) x1 + psi x2``.
+    """
+
+    def __init__(self, psi: float = 0.3) -> None:
+        super().__init__()
+        if not 0.0 <= psi < 1.0:
+            raise ValueError(f"psi must be in [0, 1), got {psi}")
+        self.psi = psi
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        if not self.training:
+            return (1 - self.psi) * x1 + self.psi * x2
+        keep_deep = (torch.rand_like(x1) >= self.psi).to(x1.dtype)
+        return keep_deep * (x1 - self.psi * x2) / (1 - self.psi) + (1 - keep_deep) * x2
+
+
+class GlobalCueInjection(nn.Module):
+    """Global Cue Injection (Sec. 3.2): shallow [B,Cs,H,W] modulated (AdaIN) by deep [B,C,h,w] -> [B,C,H,W]."""
+
+    def __init__(self, shallow_channels: int, channels: int) -> None:
+        super().__init__()
+        self.deep = nn.Sequential(nn.Conv2d(channels, 2 * channels, 1, bias=False), nn.BatchNorm2d(2 * channels),
+                                  nn.ReLU(inplace=True))
+        self.skip = nn.Sequential(nn.Conv2d(shallow_channels, channels, 1, bias=False),
+                                  nn.BatchNorm2d(channels, affine=False))
+        self.out = conv_bn_relu(channels, channels, kernel_size=1)
+
+    def forward(self, shallow: Tensor, deep: Tensor) -> Tensor:
+        gamma, beta = self.deep(deep).flatten(2).amax(-1).chunk(2, dim=1)  # global max: image-level cues
+        x = self.skip(shallow) * (gamma[:, :, None, None] + 1) + beta[:, :, None, None]
+        return self.out(F.relu(x))
+
+
+class SingleStageNet(nn.Module):
+    """ResNet + ASPP + GCI + Stochastic Gate decoder: image [B,3,H,W] -> logits [B,C,H/4,W/4]."""
+
+    def __init__(self, num_classes: int, backbone: ResNetName = "resnet50", output_stride: int = 16,
+                 channels: int = 256, psi: float = 0.3, aspp_rates: Sequence[int] = (6, 12, 18),
+                 weights: str | None = None) -> None:
+        super().__init__()
+        self.backbone = resnet(backbone, output_stride=output_stride, weights=weights)
+        deep_ch, shallow_ch = self.backbone.channels["layer4"], self.backbone.channels["layer1"]
+        self.aspp = ASPP(deep_ch, channels, rates=tuple(aspp_rates))
+        self.skip = conv_bn_relu(shallow_ch, 48, kernel_size=1)
+        self.fuse = conv_bn_relu(channels + 48, channels)
+        self.gci = GlobalCueInjection(shallow_ch, channels)
+        self.gate = StochasticGate(psi)
+        # Authors' last block: two 3x3 convs with dropout 0.5 / 0.1, then the class scores.
+        self.classifier = nn.Sequential(conv_bn_relu(channels, channels), nn.Dropout(0.5),
+                                        conv_bn_relu(channels, channels), nn.Dropout(0.1),
+                                        nn.Conv2d(channels, num_classes, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        feats = self.backbone(x)
+        deep = self.aspp(feats["layer4"])
+        shallow = feats["layer1"]
+        deep_up = F.interpolate(deep, size=shallow.shape[-2:], mode="bilinear", align_corners=True)
+        deep_x = self.fuse(torch.cat([deep_up, self.skip(shallow)], 1))
+        return self.classifier(self.gate(deep_x, self.gci(shallow, deep_x)))
+
+
+class SingleStage(SegmentationModule):
+    """Single-stage training (Araslanov & Roth, CVPR 2020) on ``labels`` [B,C] of any DataModule.
+
+    With ``background_index`` set, that channel has the constant logit ``bg_logit`` (1.0, the authors'
+    constant background score) and is always allowed; without it (e.g. Stanford Background, where
+    every pixel has a class) only the image's classes compete. ``predict`` returns class probabilities,
+    keeping classes whose image score passes ``fp_cut_score`` (the authors' false-positive cut, 0.3).
+    """
+
+    foreground: Tensor
+
+    def __init__(self, net: nn.Module, num_classes: int, optimizer: OptimizerFactory | None = None,
+                 poly_power: float = 0.9, background_index: int | None = None, bg_logit: float = 1.0,
+                 focal_power: float = 3.0, focal_lambda: float = 0.01, pamr_iters: int = 10,
+                 pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24), pretrain_epochs: int = 5,
+                 mask_loss_weight: float = 1.0, fp_cut_score: float = 0.3, backbone_lr_scale: float = 0.1,
+                 **base: Any) -> None:
+        super().__init__(num_classes, optimizer, poly_power, **base)
+        if background_index not in (None, 0):
+            raise ValueError(f"background_index must be null or 0 (the pseudo-GT background channel), "
+                             f"got {background_index}")
+        self.net = net
+        self.background_index = background_index
+        self.bg_logit = bg_logit
+        self.focal_power, self.focal_lambda = focal_power, focal_lambda
+        self.pamr = PAMR(pamr_iters, tuple(pamr_dilations))
+        self.pretrain_epochs = pretrain_epochs
+        self.mask_loss_weight = mask_loss_weight
+        self.fp_cut_score = fp_cut_score
+        self.backbone_lr_scale = backbone_lr_scale
+        fg = torch.ones(num_classes, dtype=torch.bool)
+        if background_index is not None:
+            fg[background_index] = False
+        self.register_buffer("foreground", fg, persistent=False)
+
+    def logits(self, image: Tensor) -> Tensor:
+        x = self.net(image)
+        if self.background_index is not None:
+            x = x.clone()
+            x[:, self.background_index] = self.bg_logit
+        return x
+
+    def scores(self, logits: Tensor, masks: Tensor) -> Tensor:
+        """Image-level class scores [B,C]: nGWP + focal mask penalty (Eq. 2 + Eq. 4)."""
+        return ngwp_scores(logits, masks) + focal_mask_penalty(masks, self.focal_power, self.focal_lambda)
+
+    def allowed(self, labels: Tensor) -> Tensor:
+        """Labels [B,C] with the background (if any) always allowed."""
+        return torch.where(self.foreground, labels, torch.ones_like(labels))
+
+    def refine(self, image: Tensor, masks: Tensor, labels: Tensor) -> Tensor:
+        """PAMR-refined masks at image size [B,C,H,W], classes absent from ``labels`` zeroed."""
+        raw = denormalize(image).permute(0, 3, 1, 2).float() / 255.0  # PAMR works on image colours
+        refined = self.pamr(raw, masks.detach())
+        refined = F.interpolate(refined, size=image.shape[-2:], mode="bilinear", align_corners=True)
+        return refined * self.allowed(labels)[:, :, None, None]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        image, labels = batch["image"], batch["labels"]
+        logits = self.logits(image)
+        masks = F.softmax(logits, 1)
+        scores = self.scores(logits, masks)
+        loss_cls = F.multilabel_soft_margin_loss(scores[:, self.foreground], labels[:, self.foreground])
+        loss = loss_cls
+        if self.current_epoch >= self.pretrain_epochs:  # the authors' warm-up on the class loss only
+            refined = self.refine(image, masks, labels)
+            pseudo = pseudo_gt_from_masks(refined, background=self.background_index is not None)
+            num_present = self.allowed(labels).sum(-1)
+            loss_mask = balanced_self_supervision_loss(logits, pseudo, num_present, self.ignore_index).mean()
+            self.log("train/loss_mask", loss_mask)
+            loss = loss + self.mask_loss_weight * loss_mask
+        self.log("train/loss_cls", loss_cls)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def predict(self, image: Tensor) -> Tensor:
+        logits = self.logits(image)
+        masks = F.softmax(logits, 1)
+        scores = self.scores(logits, masks)
+        present = torch.sigmoid(scores) > self.fp_cut_score
+        present |= F.one_hot(scores.argmax(1), self.num_classes).bool()
+        masks = masks * self.allowed(present.to(masks.dtype))[:, :, None, None]
+        return F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=True)
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        backbone = self.net.get_submodule("backbone")
+        ids = {id(p) for p in backbone.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in ids]
+        return split_backbone_params(backbone, rest, self.backbone_lr_scale)
+
+
+class RefinedMasks:
+    """Attention source for ``prior=cam_saliency`` from a :class:`SingleStage` model: its PAMR-refined
+    masks of the image's classes, ``(image [B,3,H,W], labels [B,C]) -> [B,C,H,W]`` in [0, 1]."""
+
+    def __init__(self, model: SingleStage) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def __call__(self, image: Tensor, labels: Tensor) -> Tensor:
+        self.model.eval()
+        masks = F.softmax(self.model.logits(image), 1)
+        return self.model.refine(image, masks, labels)

@@ -1,0 +1,72 @@
+"""Grad-CAM (Selvaraju et al., ICCV 2017) for every ground-truth class of an image.
+
+``cam_c = ReLU(sum_k w_ck A_k)`` with ``w_ck`` the spatial mean of ``d score_c / d A_k`` at a chosen
+layer ``A``; each map is upsampled to the image size and divided by its maximum, so it lies in [0, 1].
+The default layer of the suite is the last ReLU of the VGG16-BN features (``backbone.features.42``
+in :class:`usgs.methods.classifier.ImageClassifier`), the seed's choice: the deepest layer that still
+has spatial resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """The sub-module called ``name`` (``model.named_modules()`` spelling); error lists candidates."""
+    modules = dict(model.named_modules())
+    if name not in modules:
+        candidates = [n for n, m in modules.items() if isinstance(m, (nn.ReLU, nn.Conv2d)) or n.count(".") == 0]
+        raise KeyError(f"Grad-CAM layer {name!r} not found in {type(model).__name__}; valid names include "
+                       f"{candidates[-12:]}")
+    return modules[name]
+
+
+class GradCAM:
+    """Grad-CAM maps of a classifier ``model: image [B,3,H,W] -> class scores [B,C]`` at ``layer``.
+
+    ``__call__(image [B,3,H,W], labels [B,C]) -> cams [B,C,H,W]`` in [0, 1]; classes absent from
+    ``labels`` get all-zero maps. Batch norm must be in eval mode so that images do not interact
+    (the model is switched to eval for the call and restored after).
+    """
+
+    def __init__(self, model: nn.Module, layer: str) -> None:
+        self.model = model
+        self.layer_name = layer
+        self.layer = find_layer(model, layer)
+
+    def __call__(self, image: Tensor, labels: Tensor) -> Tensor:
+        captured: list[Tensor] = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                # Input grads make every activation differentiable, even in a frozen backbone.
+                scores = self.model(image.detach().requires_grad_(True))
+                if not captured:
+                    raise RuntimeError(f"layer {self.layer_name!r} was not used in the forward pass")
+                acts = captured[-1]
+                if scores.ndim != 2 or scores.shape != labels.shape:
+                    raise ValueError(f"model scores {tuple(scores.shape)} and labels {tuple(labels.shape)} differ")
+                cams = torch.zeros(labels.shape + image.shape[-2:], device=image.device)
+                present = [int(c) for c in torch.nonzero(labels.sum(0) > 0).flatten()]
+                for i, c in enumerate(present):
+                    # Images are independent (eval BN), so the gradient of the batch sum is per image.
+                    (grad,) = torch.autograd.grad(scores[:, c].sum(), acts, retain_graph=i < len(present) - 1)
+                    weights = grad.mean(dim=(2, 3), keepdim=True)
+                    cam = F.relu((weights * acts).sum(1, keepdim=True).detach())
+                    cams[:, c] = F.interpolate(cam, size=image.shape[-2:], mode="bilinear",
+                                               align_corners=False)[:, 0]
+        finally:
+            handle.remove()
+            self.model.train(was_training)
+        cams = cams / cams.flatten(2).amax(-1).clamp_min(1e-5)[:, :, None, None]
+        return cams * (labels > 0)[:, :, None, None]
+
+
+def binarize(cams: Tensor, threshold: float = 0.4) -> Tensor:
+    """Binary attention masks (bool, same shape) at ``threshold`` (the seed's 0.4)."""
+    return cams >= threshold
