@@ -48,7 +48,8 @@ def train(cfg: DictConfig) -> float | None:
     run_dir, config, sha = start_run(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    model.class_names = list(datamodule.class_names)
+    if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
+        model.class_names = list(datamodule.class_names)
     callbacks = [*_instantiate_group(cfg.get("callbacks")), StoreConfig(config)]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
