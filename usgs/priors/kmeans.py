@@ -55,8 +55,6 @@ class SeedKMeansPrior(MaskPrior):
         batch_size: int = 8,
         postprocess: PostProcess | None = None,
         seed: int = 0,
-        model: nn.Module | None = None,
-        feature_weight: float = 1.0,
     ) -> None:
         super().__init__(batch_size=batch_size, postprocess=postprocess, seed=seed)
         _check_labels(local_k, k)
