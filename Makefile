@@ -23,8 +23,8 @@ install: $(STAMP)
 
 demo: install
 	$(PY) train.py experiment=maskcontrast_demo
-	$(PY) evaluate.py task=kmeans ckpt_path=logs/demo/last_run/checkpoints/best.ckpt
-	@echo "Results and logs: logs/demo/last_run (metrics.json, config.yaml, tensorboard/)"
+	$(PY) evaluate.py task=kmeans ckpt_path=logs/demo/last_run/checkpoints/last.ckpt hydra.run.dir=logs/demo/last_run/evaluate
+	@echo "Results and logs: logs/demo/last_run (metrics.json, config.yaml, tensorboard/, evaluate/)"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir logs/"
 
 test: install

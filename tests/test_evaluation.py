@@ -1,0 +1,175 @@
+"""Evaluation protocols on features with known answers, and evaluate.py end to end on shapes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from usgs.evaluation.clustering import KMeansEvaluation, kmeans_large, pca_whitening, whiten
+from usgs.evaluation.features import FeatureSource
+from usgs.evaluation.linear_probe import LinearProbe, fit_linear, sample_pixels
+from usgs.evaluation.report import TaskResult, mapped, markdown_table, mask_predictions
+from usgs.evaluation.retrieval import SegmentRetrieval, segment_prototypes, vote
+
+NUM_CLASSES = 4
+PERMUTATION = torch.tensor([2, 0, 3, 1])  # class c is embedded as one-hot axis PERMUTATION[c]
+
+
+class OracleModule(nn.Module):
+    """Embeds every pixel as a noisy one-hot of its (permuted) class, read from a lookup of masks.
+
+    Saliency = pixels of classes >= 1 ("objects"). Lets every protocol's result be known in advance.
+    """
+
+    def __init__(self, masks: Tensor, noise: float = 0.05) -> None:
+        super().__init__()
+        self.masks = masks
+        self.noise = noise
+
+    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        index = image[:, 0, 0, 0].round().long()  # the test images carry their index in pixel (0,0)
+        mask = self.masks[index]
+        onehot = F.one_hot(PERMUTATION[mask], NUM_CLASSES).permute(0, 3, 1, 2).float()
+        gen = torch.Generator().manual_seed(int(index[0]))
+        emb = onehot + self.noise * torch.randn(onehot.shape, generator=gen)
+        sal = torch.where(mask >= 1, 10.0, -10.0)
+        return emb, sal
+
+
+def oracle_data(n: int = 12, size: int = 8) -> tuple[list[dict], Tensor]:
+    """n images: background class 0 with one object of class 1, 2 or 3 (VOC-like: one background class)."""
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    for i in range(n):
+        masks[i, 2:5, 2:6] = 1 + i % 3
+    labels = masks.clone()
+    labels[0, 0, 1] = 255  # an ignored pixel in the ground truth
+    images = torch.zeros(n, 3, size, size)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    batches = [{"image": images[i:i + 4], "mask": labels[i:i + 4]} for i in range(0, n, 4)]
+    return batches, masks
+
+
+def sources(noise: float = 0.05) -> tuple[FeatureSource, FeatureSource]:
+    batches, masks = oracle_data()
+    module = OracleModule(masks, noise)
+    return (FeatureSource(module, batches, torch.device("cpu")),
+            FeatureSource(module, batches, torch.device("cpu"), cache_mb=0.0))
+
+
+def test_pca_whitening_gives_identity_covariance_and_drops_null_directions() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 3, generator=gen) @ torch.tensor([[3.0, 0, 0], [1, 0.5, 0], [0, 0, 0]])
+    transform = pca_whitening(x)
+    assert transform[1].shape == (3, 2)  # the third direction has zero variance
+    xw = whiten(x, transform)
+    cov = xw.t() @ xw / (x.shape[0] - 1)
+    assert torch.allclose(cov, torch.eye(2), atol=1e-4)
+
+
+def test_kmeans_large_subsample_init_reaches_the_full_solution() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = centres[torch.randint(0, 3, (30_000,), generator=gen)] + torch.randn(30_000, 2, generator=gen)
+    large = kmeans_large(x, 3, seed=0, sample=500)
+    found = large.centers[torch.cdist(centres, large.centers).argmin(1)]
+    assert torch.allclose(found, centres, atol=0.05)
+    # the subsample only seeds: the full-data passes end where full k-means ends
+    full = kmeans_large(x, 3, seed=0, sample=100_000)
+    assert float(large.inertia) == pytest.approx(float(full.inertia), rel=1e-4)
+
+
+def test_vote_majority_and_tie_break() -> None:
+    sim = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.9, 0.1, 0.8, 0.2]])
+    labels = torch.tensor([0, 1, 1, 2])
+    assert vote(sim, labels, k=3, num_labels=3).tolist() == [1, 0]  # 2 votes beat 1; 1-1 tie -> nearest
+    assert vote(sim, labels, k=1, num_labels=3).tolist() == [0, 0]
+
+
+def test_segment_prototypes_are_class_means() -> None:
+    feats = torch.tensor([[[[1.0, 3.0], [0.0, 0.0]], [[0.0, 0.0], [2.0, 0.0]]]])  # [1,2,2,2]
+    target = torch.tensor([[[0, 0], [1, 255]]])
+    protos, labels, images = segment_prototypes(feats, target)
+    assert labels.tolist() == [0, 1] and images.tolist() == [0, 0]
+    assert torch.allclose(protos, torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_linear_probe_pieces() -> None:
+    feats = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mask = torch.full((2, 4, 4), 255)
+    mask[:, 0] = 1
+    x, y = sample_pixels(feats, mask, per_image=3, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (6, 3) and y.tolist() == [1] * 6  # only labelled pixels are sampled
+    points = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0]]).repeat(10, 1)
+    conv = fit_linear(points + 0.1 * torch.randn(30, 2), torch.tensor([0, 1, 2]).repeat(10), 3)
+    assert conv(points.t().reshape(1, 2, 30, 1)).argmax(1).flatten().tolist() == [0, 1, 2] * 10
+
+
+def test_linear_probe_is_perfect_on_oracle_features() -> None:
+    train, evaluation = sources()
+    result = LinearProbe(pixels_per_image=20, seeds=(0, 1)).run(train, evaluation, NUM_CLASSES, list("abcd"))
+    scores = result.scores["linear_probe"]
+    assert scores["miou"] == [1.0, 1.0] and scores["miou_mean_std"] == (1.0, 0.0)
+
+
+def test_kmeans_protocols_recover_the_classes_up_to_permutation() -> None:
+    train, evaluation = sources()
+    # No whitening here: it would blow the pure-noise axes of these toy features up to unit variance.
+    kmeans = KMeansEvaluation(seeds=(0, 1), pixels_per_image=16, pca_whiten=False)
+    result = kmeans.run(train, evaluation, NUM_CLASSES, list("abcd"))
+    # pixels: 4 separable clusters -> Hungarian recovers the permutation exactly
+    assert result.scores["pixels"]["miou"] == pytest.approx([1.0, 1.0])
+    # prototypes: one per image, 3 object clusters (k = classes - 1) + the fixed background id
+    assert result.scores["prototypes"]["miou"] == pytest.approx([1.0, 1.0])
+    mapping = result.scores["prototypes"]["mapping"]
+    assert mapping[0] == 0 and sorted(mapping.tolist()) == [0, 1, 2, 3]
+
+
+def test_retrieval_on_oracle_features_and_subset() -> None:
+    train, evaluation = sources()
+    result = SegmentRetrieval(k=3).run(train, evaluation, NUM_CLASSES, list("abcd"))
+    assert result.scores["segments"]["miou"] == [1.0]
+    subset = SegmentRetrieval(k=1, classes=["d", "b"]).run(train, evaluation, NUM_CLASSES, list("abcd"))
+    assert subset.class_names == ["d", "b"] and subset.scores["segments"]["miou"] == [1.0]
+    with pytest.raises(ValueError, match="valid"):
+        SegmentRetrieval(classes=["zebra"]).run(train, evaluation, NUM_CLASSES, list("abcd"))
+
+
+def test_report_statistics_tables_and_mapping() -> None:
+    result = TaskResult("kmeans", ["x", "y"])
+    per_seed = [{"miou": torch.tensor(0.2), "pixel_accuracy": torch.tensor(0.5),
+                 "iou": torch.tensor([0.1, float("nan")]), "mapping": torch.tensor([1, 0, -1])},
+                {"miou": torch.tensor(0.4), "pixel_accuracy": torch.tensor(0.7),
+                 "iou": torch.tensor([0.3, float("nan")]), "mapping": torch.tensor([0, 1, -1])}]
+    result.add_scores("pixels", per_seed)
+    flat = result.flat()
+    assert flat["kmeans/pixels/miou"] == pytest.approx(0.3) and flat["kmeans/pixels/miou_std"] == pytest.approx(0.1)
+    assert flat["kmeans/pixels/iou/x"] == pytest.approx(0.2) and math.isnan(flat["kmeans/pixels/iou/y"])
+    table = markdown_table([result])
+    assert "| kmeans | pixels | 2 | 30.0 ± 10.0 | 60.0 ± 10.0 |" in table and "| pixels | 20.0 | - |" in table
+    assert mapped(torch.tensor([[0, 1, 2]]), per_seed[0]["mapping"]).tolist() == [[1, 0, 255]]
+    probs = torch.tensor([[[[0.2]], [[0.8]]]])
+    flip = mask_predictions(probs, {"image": torch.zeros(1, 3, 1, 1)}, refine=lambda img, p: p[::-1].copy())
+    assert mask_predictions(probs, {}).item() == 1 and flip.item() == 0
+
+
+def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path) -> None:
+    from usgs.run.evaluate import evaluate
+
+    common = ["experiment=maskcontrast", "data.image_size=32", "model.net.backbone=resnet18",
+              "max_train_images=8", "max_eval_images=8", "data.eval_batch_size=4"]
+    cfg = make_cfg([*common, "task=kmeans", "task.seeds=[0,1]", "task.pixels_per_image=50", "crf=true"],
+                   config_name="evaluate", run_dir=tmp_path / "kmeans")
+    metrics = evaluate(cfg)
+    saved = json.loads((tmp_path / "kmeans" / "metrics.json").read_text())
+    assert saved["kmeans/pixels/num_seeds"] == 2.0 and 0.0 <= saved["kmeans/pixels/miou"] <= 1.0
+    assert set(saved) == {k for k, v in metrics.items()} and "kmeans/prototypes/miou" in saved
+    assert (tmp_path / "kmeans" / "overlays" / "kmeans_pixels.png").is_file()
+    assert "| kmeans | prototypes | 2 |" in (tmp_path / "kmeans" / "metrics.md").read_text()
+    cfg = make_cfg([*common, "task=linear_probe", "task.pixels_per_image=50"], config_name="evaluate",
+                   run_dir=tmp_path / "probe")
+    assert "linear_probe/linear_probe/miou" in evaluate(cfg)

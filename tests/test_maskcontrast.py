@@ -1,0 +1,224 @@
+"""MaskContrast: loss pieces against hand-computed values, the module's update rules, 2-process gathers."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from usgs.methods.contrastive import (
+    PrototypeQueue,
+    all_gather_cat,
+    balanced_bce,
+    contrastive_logits,
+    gathered_offset,
+    mask_prototypes,
+    shuffle_batch,
+    unshuffle_batch,
+)
+from usgs.methods.maskcontrast import MaskContrast
+from usgs.methods.maskcontrast_transforms import (
+    MaskContrastTransform,
+    PhotometricAugment,
+    foreground_fraction,
+)
+from usgs.nets.deeplab import DeepLabV3
+
+
+def tiny_module(**kwargs) -> MaskContrast:
+    torch.manual_seed(0)
+    net = DeepLabV3(
+        num_classes=8,
+        backbone="resnet18",
+        output_stride=8,
+        aspp_rates=(1, 2, 3),
+        head_channels=16,
+        dropout=0.0,
+    )  # deterministic keys: the checks below recompute them
+    opt = functools.partial(torch.optim.SGD, lr=0.01)
+    module = MaskContrast(net, num_classes=4, optimizer=opt, queue_size=8, **kwargs)
+    module.log_dict = lambda *a, **k: None  # no trainer attached
+    return module
+
+
+def test_mask_prototypes_hand_computed() -> None:
+    emb = torch.zeros(2, 2, 2, 2)
+    emb[0, 0] = torch.tensor([[1.0, 3.0], [0.0, 5.0]])
+    emb[0, 1] = torch.tensor([[0.0, 4.0], [7.0, 0.0]])
+    sal = torch.tensor([[[1, 1], [0, 255]], [[0, 0], [255, 0]]])
+    protos, valid = mask_prototypes(emb, sal)
+    # image 0: foreground pixels (1,0) and (3,4) -> sum (4,4) -> unit (1,1)/sqrt(2); ignore and bg excluded
+    assert torch.allclose(protos[0], torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert valid.tolist() == [True, False]
+    assert torch.equal(protos[1], torch.zeros(2))
+
+
+def test_contrastive_logits_targets_offset_and_masking() -> None:
+    query = torch.zeros(2, 2, 1, 2)
+    query[:, 0] = 1.0  # every pixel embeds to (1, 0)
+    sal = torch.tensor([[[1, 0]], [[1, 1]]])
+    protos = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.0, -1.0]])
+    valid = torch.tensor([True, True, True, False])
+    queue = torch.tensor([[-1.0, 0.0]])
+    logits, target = contrastive_logits(query, sal, protos, valid, queue, temperature=0.5, offset=2)
+    assert target.tolist() == [2, 3, 3]  # pixel of image 0 -> row 2, two pixels of image 1 -> row 3
+    expected = torch.tensor([1.0, 0.0, 0.6, float("-inf"), -1.0]) / 0.5
+    assert torch.equal(logits, expected.expand(3, -1))
+
+
+def test_balanced_bce_matches_hand_formula() -> None:
+    logits = torch.tensor([[0.0, 2.0, -1.0, 5.0]])
+    target = torch.tensor([[1, 0, 0, 255]])
+    # n = 3 labelled; positive weight n_neg/n = 2/3, negative weight n_pos/n = 1/3
+    bce = [math.log(2.0), math.log(1 + math.exp(2.0)), math.log(1 + math.exp(-1.0))]
+    expected = (2 / 3 * bce[0] + 1 / 3 * bce[1] + 1 / 3 * bce[2]) / 3
+    assert balanced_bce(logits, target).item() == pytest.approx(expected, rel=1e-6)
+    zero = balanced_bce(logits.requires_grad_(), torch.full_like(target, 255))
+    assert zero.item() == 0.0 and zero.requires_grad
+
+
+def test_queue_is_fifo_with_wrap_around() -> None:
+    queue = PrototypeQueue(size=3, dim=1)
+    queue.enqueue(torch.tensor([[1.0], [2.0]]))
+    queue.enqueue(torch.tensor([[3.0], [4.0]]))
+    assert queue.queue.flatten().tolist() == [4.0, 2.0, 3.0] and int(queue.pointer) == 1
+    queue.enqueue(torch.arange(5.0, 10.0).view(5, 1))  # more than K: keep the newest K
+    assert sorted(queue.queue.flatten().tolist()) == [7.0, 8.0, 9.0]
+
+
+def test_transform_redraws_crops_without_foreground() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    sal = np.zeros((64, 64), np.uint8)
+    sal[40:50, 40:50] = 1  # 2.4% of the image: many small crops miss it
+    transform = MaskContrastTransform(crop_size=32, scale=(0.05, 0.1), max_attempts=50)
+    torch.manual_seed(0)
+    fractions = [
+        foreground_fraction(transform({"image": image, "saliency": sal})["saliency"]) for _ in range(10)
+    ]
+    assert all(0.01 < f < 0.99 for f in fractions)
+    plain = MaskContrastTransform(crop_size=32, scale=(0.05, 0.1), max_attempts=1)
+    torch.manual_seed(0)
+    assert any(
+        foreground_fraction(plain({"image": image, "saliency": sal})["saliency"]) == 0 for _ in range(10)
+    )
+    with pytest.raises(KeyError, match="prior"):
+        MaskContrastTransform(saliency_key="prior")({"image": image, "saliency": sal})
+
+
+def test_photometric_augment_identity_and_grayscale() -> None:
+    torch.manual_seed(0)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    image = (torch.rand(3, 3, 8, 8) - mean) / std  # a valid normalised image
+    assert torch.allclose(PhotometricAugment(jitter_p=0.0, gray_p=0.0)(image), image, atol=1e-5)
+    jittered = PhotometricAugment(jitter_p=1.0, gray_p=0.0)(image)
+    assert not torch.allclose(jittered, image, atol=1e-3)
+    rgb = jittered * std + mean
+    assert float(rgb.min()) >= -1e-5 and float(rgb.max()) <= 1 + 1e-5
+    gray = PhotometricAugment(jitter_p=0.0, gray_p=1.0)(image)
+    rgb = gray * std + mean
+    assert torch.allclose(rgb[:, 0], rgb[:, 1], atol=1e-5) and torch.allclose(rgb[:, 1], rgb[:, 2], atol=1e-5)
+
+
+def test_training_step_updates_key_encoder_and_queue() -> None:
+    module = tiny_module(momentum=0.0)  # key encoder becomes a copy of the query encoder
+    module.augment = PhotometricAugment(jitter_p=0.0, gray_p=0.0)
+    with torch.no_grad():
+        for p in module.net.parameters():
+            p.add_(0.1)
+    image = torch.randn(3, 3, 16, 16)
+    sal = torch.zeros(3, 16, 16, dtype=torch.long)
+    sal[0, :8] = 1
+    sal[1, 4:12, 4:12] = 1  # image 2 has no foreground: not a prototype, no query pixel
+    module.train()
+    loss = module.training_step({"image": image, "saliency": sal}, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    for k, q in zip(module.key_net.parameters(), module.net.parameters()):
+        assert torch.equal(k, q)
+    assert int(module.queue.pointer) == 2
+    expected, valid = module.key_prototypes(module.augment(image), sal)
+    assert valid.tolist() == [True, True, False]
+    # BN in train mode: the same batch gives the same key prototypes again
+    assert torch.allclose(module.queue.queue[:2], expected[:2], atol=1e-5)
+
+
+def test_frozen_stages_and_predict_range() -> None:
+    module = tiny_module(frozen_stages=2)
+    assert not any(p.requires_grad for p in module.net.backbone.conv1.parameters())
+    assert not any(p.requires_grad for p in module.net.backbone.layer1.parameters())
+    assert all(p.requires_grad for p in module.net.backbone.layer2.parameters())
+    module.train()
+    assert not module.net.backbone.bn1.training and module.net.backbone.layer2.training
+    trainable = {id(p) for g in module.param_groups() for p in g["params"]}
+    assert not trainable & {id(p) for p in module.key_net.parameters()}
+    module.eval()
+    pred = module.predict(torch.randn(2, 3, 16, 16))
+    assert pred.shape == (2, 16, 16) and pred.dtype == torch.long
+    assert int(pred.min()) >= 0 and int(pred.max()) < module.num_classes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather_worker(rank: int, port: int, queue: mp.Queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.manual_seed(rank)
+    local = torch.full((rank + 1, 2), float(rank))  # unequal sizes: 1 row on rank 0, 2 on rank 1
+    gathered = all_gather_cat(local)
+    offset = gathered_offset(local.shape[0], local.device)
+    x = torch.arange(4.0).view(2, 2) + 10 * rank
+    shuffled, restore = shuffle_batch(x)
+    roundtrip = unshuffle_batch(shuffled * 2, restore)
+    queue.put((rank, gathered.tolist(), offset, torch.equal(roundtrip, x * 2), shuffled.tolist()))
+    dist.destroy_process_group()
+
+
+def test_gathers_across_two_cpu_processes() -> None:
+    ctx = mp.get_context("fork")  # fork: the workers need no re-import of the test module
+    queue = ctx.Queue()
+    mp.start_processes(_gather_worker, args=(_free_port(), queue), nprocs=2, start_method="fork")
+    results = {r[0]: r for r in (queue.get(timeout=60) for _ in range(2))}
+    for rank in (0, 1):
+        assert results[rank][1] == [[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]
+        assert results[rank][3]  # unshuffle inverts shuffle
+    assert results[0][2] == 0 and results[1][2] == 1
+    rows = sorted(map(tuple, results[0][4] + results[1][4]))  # shuffle is a permutation of the global batch
+    assert rows == [(0.0, 1.0), (2.0, 3.0), (10.0, 11.0), (12.0, 13.0)]
+
+
+def test_loss_decreases_on_a_fixed_batch() -> None:
+    module = tiny_module(momentum=0.9, temperature=0.5)
+    module.augment = PhotometricAugment(jitter_p=0.0, gray_p=0.0)
+    image = torch.randn(4, 3, 16, 16)
+    sal = torch.zeros(4, 16, 16, dtype=torch.long)
+    for b in range(4):
+        sal[b, 2 * b : 2 * b + 6, 3:11] = 1
+    optimizer = torch.optim.SGD(
+        [p for g in module.param_groups() for p in g["params"]], lr=0.05, momentum=0.9
+    )
+    module.train()
+    losses = []
+    for step in range(12):
+        module.queue.queue.copy_(
+            F.normalize(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)), dim=1)
+        )
+        loss = module.training_step({"image": image, "saliency": sal}, step)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.3
+

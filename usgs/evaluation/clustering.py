@@ -1,0 +1,182 @@
+"""k-means evaluation of dense features (MaskContrast's protocol and a pixel-level variant).
+
+* ``prototypes`` (Van Gansbeke et al., ICCV 2021, Sec. 4.2): one prototype per image, the mean
+  embedding where the predicted saliency > 0.5 (normalised); prototypes are PCA-whitened and
+  clustered into k = num_classes - 1 groups; a salient pixel takes its image's cluster id + 1, every
+  other pixel the fixed background id 0. The num_classes ids are Hungarian-matched to the classes.
+* ``pixels``: k-means (k = num_classes) over sampled pixel embeddings of the split (whitened the same
+  way), every pixel assigned to its nearest centre, Hungarian-matched.
+
+Both are fitted on the evaluated split itself (the usual transductive protocol) for every seed and
+reported as mean and std over seeds. k-means is the suite's torch implementation (on the
+:class:`FeatureSource`'s device, so on the GPU when there is one).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from usgs.evaluation.features import DenseOutputs, FeatureSource
+from usgs.evaluation.report import Refine, TaskResult, mask_predictions
+from usgs.methods.contrastive import mask_prototypes
+from usgs.metrics import SegmentationMetric
+from usgs.nets.kmeans import KMeansResult, kmeans
+
+log = logging.getLogger(__name__)
+
+
+def pca_whitening(x: Tensor, rel_eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """PCA whitening fitted on x [N,D]: ``(mean [D], W [D,r])`` with ``(x - mean) @ W`` of unit covariance.
+
+    Components with variance below ``rel_eps`` x the largest are dropped (r <= min(N-1, D)), as PCA
+    cannot whiten directions the data does not span.
+    """
+    if x.shape[0] < 2:
+        raise ValueError(f"PCA whitening needs at least 2 points, got {x.shape[0]}")
+    x = x.double()
+    mean = x.mean(0)
+    cov = (x - mean).t() @ (x - mean) / (x.shape[0] - 1)
+    var, vec = torch.linalg.eigh(cov)  # ascending
+    keep = var > rel_eps * var.max().clamp_min(1e-30)
+    return mean.float(), (vec[:, keep] / var[keep].sqrt()).float()
+
+
+def whiten(x: Tensor, transform: tuple[Tensor, Tensor] | None) -> Tensor:
+    """Apply :func:`pca_whitening`'s ``(mean, W)`` to x [..., D]; identity when transform is None."""
+    if transform is None:
+        return x
+    mean, w = (t.to(x.device) for t in transform)
+    return (x - mean) @ w
+
+
+def kmeans_large(x: Tensor, k: int, seed: int, sample: int = 20_000, restarts: int = 4, iters: int = 30,
+                 full_iters: int = 3, tol: float = 1e-4) -> KMeansResult:
+    """k-means for millions of points: the best of ``restarts`` k-means++ / Lloyd runs (``iters``
+    steps, solved as one batch) on a seeded subsample of ``sample`` points, then at most
+    ``full_iters`` full-data Lloyd steps from its centres.
+
+    Seeding is the expensive, sequential part of k-means++ (k passes over the data) and restarts are
+    what avoid poor local optima; on a subsample both are cheap, and for well-populated clusters the
+    subsample optimum lies near the full-data one, so the full passes only polish (Sculley 2010 makes
+    the same bet with mini-batches). x [N,D] on any device. bench/kmeans.py measures it.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    if x.shape[0] <= sample:
+        return kmeans(x, k, iters=iters, tol=tol, generator=gen)
+    idx = torch.randperm(x.shape[0], generator=gen)[:sample].to(x.device)
+    sub = kmeans(x[idx].unsqueeze(0).expand(restarts, -1, -1).contiguous(), k, iters=iters, tol=tol, generator=gen)
+    return kmeans(x, k, iters=full_iters, tol=tol, init=sub.centers[int(sub.inertia.argmin())])
+
+
+def _sample(features: Tensor, per_image: int, generator: torch.Generator) -> Tensor:
+    """``per_image`` random pixels of each image, any label: features [B,D,H,W] -> [B*per_image, D]."""
+    flat = features.flatten(2)  # [B,D,HW]
+    n = flat.shape[2]
+    idx = torch.stack([torch.randperm(n, generator=generator)[: min(per_image, n)] for _ in range(flat.shape[0])])
+    return flat.gather(2, idx.unsqueeze(1).expand(-1, flat.shape[1], -1)).permute(0, 2, 1).flatten(0, 1)
+
+
+class KMeansEvaluation:
+    """``evaluate.py task=kmeans``: the ``prototypes`` protocol (needs saliency) and the ``pixels`` variant.
+
+    Args:
+        seeds: k-means seeds (5 in the paper's protocol).
+        pca_whiten: whiten before clustering (the paper does).
+        pixels: also run the pixel-level variant.
+        pixels_per_image: pixels sampled per image to fit the pixel-level k-means.
+        iters: k-means iterations.
+    """
+
+    name = "kmeans"
+
+    def __init__(self, seeds: Sequence[int] = (0, 1, 2, 3, 4), pca_whiten: bool = True,
+                 pixels: bool = True, pixels_per_image: int = 1000, iters: int = 100) -> None:
+        if not seeds:
+            raise ValueError("kmeans evaluation needs at least one seed")
+        self.seeds = tuple(int(s) for s in seeds)
+        self.pca_whiten = pca_whiten
+        self.pixels = pixels
+        self.pixels_per_image = pixels_per_image
+        self.iters = iters
+
+    @staticmethod
+    def _foreground(out: DenseOutputs) -> Tensor:
+        # Saliency probability > 0.5 (the paper's threshold); predictions below use the same rule
+        # through the argmax of (1 - s, s).
+        assert out.saliency is not None
+        return (out.saliency > 0.5).long()
+
+    def _fit(self, x: Tensor, k: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
+        if x.shape[0] < k:
+            raise ValueError(f"k-means with k={k} needs at least {k} points, got {x.shape[0]} "
+                             "(too few images / salient images in the split)")
+        transform = pca_whitening(x) if self.pca_whiten else None
+        xw = whiten(x.to(device), transform)
+        centers = [kmeans_large(xw, k, seed=s, iters=self.iters).centers for s in self.seeds]
+        return transform, centers
+
+    def run(self, train: FeatureSource, evaluation: FeatureSource, num_classes: int,
+            class_names: Sequence[str] = (), refine: Refine | None = None) -> TaskResult:
+        device = evaluation.device
+        protos: list[Tensor] = []
+        valid: list[Tensor] = []
+        pixel_samples: list[Tensor] = []
+        generator = torch.Generator().manual_seed(self.seeds[0])
+        has_saliency = True
+        for _, out in evaluation:
+            has_saliency = has_saliency and out.saliency is not None
+            if has_saliency:
+                p, v = mask_prototypes(out.features, self._foreground(out))
+                protos.append(p)
+                valid.append(v)
+            if self.pixels:
+                pixel_samples.append(_sample(out.features, self.pixels_per_image, generator))
+        if not has_saliency:
+            log.warning("kmeans: the module predicts no saliency; only the pixel-level variant is run")
+        if not has_saliency and not self.pixels:
+            raise ValueError("kmeans: the module predicts no saliency and pixels=false: nothing to evaluate")
+        image_clusters: list[Tensor] = []
+        if has_saliency:
+            all_protos, all_valid = torch.cat(protos), torch.cat(valid)
+            transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
+            image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
+                              for c in centers]
+        if self.pixels:
+            pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, device)
+
+        result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
+        variants = (["prototypes"] if has_saliency else []) + (["pixels"] if self.pixels else [])
+        metrics = {v: [SegmentationMetric(num_classes, num_classes, "hungarian") for _ in self.seeds]
+                   for v in variants}
+        start = 0
+        for batch, out in evaluation:
+            b = out.features.shape[0]
+            for i in range(len(self.seeds)):
+                if has_saliency:
+                    cluster = image_clusters[i][start:start + b]
+                    assert out.saliency is not None
+                    probs = torch.zeros(b, num_classes, *out.saliency.shape[1:])
+                    probs[:, 0] = 1.0 - out.saliency
+                    probs.scatter_(1, (cluster + 1).view(b, 1, 1, 1).expand(-1, 1, *out.saliency.shape[1:]),
+                                   out.saliency.unsqueeze(1))
+                    pred = mask_predictions(probs, batch, refine)
+                    metrics["prototypes"][i].update(pred, batch["mask"])
+                    if i == 0:
+                        result.add_examples("prototypes", batch, pred)
+                if self.pixels:
+                    feats = whiten(out.features.to(device).permute(0, 2, 3, 1), pixel_transform)
+                    sqdist = torch.cdist(feats.flatten(1, 2), pixel_centers[i].unsqueeze(0).expand(b, -1, -1)) ** 2
+                    probs = F.softmax(-sqdist, dim=2).view(*feats.shape[:3], -1).permute(0, 3, 1, 2).cpu()
+                    pred = mask_predictions(probs, batch, refine)
+                    metrics["pixels"][i].update(pred, batch["mask"])
+                    if i == 0:
+                        result.add_examples("pixels", batch, pred)
+            start += b
+        for variant, seeds_metrics in metrics.items():
+            result.add_scores(variant, [m.compute() for m in seeds_metrics])
+        return result

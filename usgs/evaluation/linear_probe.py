@@ -1,0 +1,104 @@
+"""Linear probe: a 1x1 convolution trained with cross-entropy on frozen dense features.
+
+MaskContrast (Van Gansbeke et al., ICCV 2021, Table 2 "LC") freezes the whole network (BN included)
+and trains a 1x1 conv on its embeddings. A 1x1 conv is a per-pixel linear classifier, so it is fitted
+here on pixels sampled from the frozen features of the training split (``pixels_per_image`` labelled
+pixels per image, seeded) by full-batch L-BFGS on the convex softmax regression: the same minimiser
+as SGD over every pixel, far cheaper and without a learning-rate schedule. It is then applied to
+every pixel of the evaluation split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from usgs.evaluation.features import FeatureSource
+from usgs.evaluation.report import Refine, TaskResult, mask_predictions
+from usgs.metrics import SegmentationMetric
+
+IGNORE_INDEX = 255
+
+
+def sample_pixels(features: Tensor, mask: Tensor, per_image: int, generator: torch.Generator,
+                  ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Up to ``per_image`` labelled pixels of each image: (x [n,D], y [n]); features [B,D,H,W], mask [B,H,W]."""
+    xs, ys = [], []
+    for feat, target in zip(features, mask):
+        idx = (target.flatten() != ignore_index).nonzero().squeeze(1)
+        if idx.numel() > per_image:
+            idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_image]]
+        xs.append(feat.flatten(1)[:, idx].t())
+        ys.append(target.flatten()[idx])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def fit_linear(x: Tensor, y: Tensor, num_classes: int, weight_decay: float = 1e-4, max_iter: int = 200) -> nn.Conv2d:
+    """Softmax regression (L2 ``weight_decay`` on the weights) by L-BFGS; returned as a 1x1 conv."""
+    if x.shape[0] == 0:
+        raise ValueError("linear probe: no labelled training pixel (is the split's mask all ignore?)")
+    layer = nn.Linear(x.shape[1], num_classes)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    optimizer = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(layer(x), y) + weight_decay * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    conv = nn.Conv2d(x.shape[1], num_classes, 1)
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight.view(num_classes, -1, 1, 1))
+        assert conv.bias is not None
+        conv.bias.copy_(layer.bias)
+    return conv
+
+
+class LinearProbe:
+    """``evaluate.py task=linear_probe``: frozen features -> 1x1 conv (CE, ignore 255) -> mIoU, per-class IoU.
+
+    Args:
+        pixels_per_image: training pixels sampled per training image.
+        weight_decay: L2 penalty of the classifier.
+        max_iter: L-BFGS iterations.
+        seeds: pixel-sampling seeds; the probe is refit per seed and reported as mean and std.
+    """
+
+    name = "linear_probe"
+
+    def __init__(self, pixels_per_image: int = 1000, weight_decay: float = 1e-4, max_iter: int = 200,
+                 seeds: tuple[int, ...] | list[int] = (0,)) -> None:
+        self.pixels_per_image = pixels_per_image
+        self.weight_decay = weight_decay
+        self.max_iter = max_iter
+        self.seeds = tuple(seeds)
+
+    def run(self, train: FeatureSource, evaluation: FeatureSource, num_classes: int,
+            class_names: Sequence[str] = (), refine: Refine | None = None) -> TaskResult:
+        generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        samples: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.seeds]
+        for batch, out in train:
+            for store, generator in zip(samples, generators):
+                store.append(sample_pixels(out.features, batch["mask"], self.pixels_per_image, generator))
+        probes = []
+        for store in samples:
+            x, y = torch.cat([s[0] for s in store]), torch.cat([s[1] for s in store])
+            probes.append(fit_linear(x, y, num_classes, self.weight_decay, self.max_iter))
+        metrics = [SegmentationMetric(num_classes) for _ in probes]
+        result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
+        for batch, out in evaluation:
+            for i, (probe, metric) in enumerate(zip(probes, metrics)):
+                with torch.no_grad():
+                    probs = probe(out.features).softmax(dim=1)
+                pred = mask_predictions(probs, batch, refine)
+                metric.update(pred, batch["mask"])
+                if i == 0:
+                    result.add_examples("linear_probe", batch, pred)
+        result.add_scores("linear_probe", [m.compute() for m in metrics])
+        return result

@@ -1,0 +1,174 @@
+"""MaskContrast (Van Gansbeke et al., "Unsupervised Semantic Segmentation by Contrasting Object Mask
+Proposals", ICCV 2021) as a LightningModule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from usgs.methods.base import OptimizerFactory, SegmentationModule
+from usgs.methods.contrastive import (
+    PrototypeQueue,
+    all_gather_cat,
+    balanced_bce,
+    contrastive_logits,
+    gathered_offset,
+    mask_prototypes,
+    shuffle_batch,
+    unshuffle_batch,
+)
+from usgs.methods.ema import ema_update
+from usgs.methods.maskcontrast_transforms import PhotometricAugment
+from usgs.nets.deeplab import DeepLabV3
+from usgs.nets.kmeans import assign, kmeans
+
+# Backbone stages in forward order; ``frozen_stages=n`` freezes the first n.
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+_STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+
+
+class MaskContrast(SegmentationModule):
+    """Pixel embeddings contrasted against object-mask prototypes of a momentum encoder.
+
+    ``net`` is a :class:`DeepLabV3` whose classifier is the 1x1 projection to the D-dim embedding
+    (paper: ResNet-50 OS 8, ASPP 12/24/36, 256 channels, D = 32); a bias-free 1x1 saliency head reads
+    the same 256-channel features, as in the paper's code. Per step, for query view q and key view k of
+    the same crop with saliency s [B,H,W]:
+
+    * query embeddings ``e_q = normalize(net(q))`` [B,D,H,W]; key prototypes ``p_b = normalize(sum of
+      normalize(key_net(k)) over s_b == 1)`` [B,D], gathered over processes;
+    * every salient pixel of image b is classified among all batch prototypes + the queue [K,D] with
+      temperature T, target p_b (cross-entropy), plus ``saliency_weight`` x balanced BCE on the
+      saliency logits;
+    * the key encoder follows the query one by EMA (m = 0.999 every step); valid prototypes are queued.
+
+    Validation (cheap, no extra pass): k-means (k = num_classes - 1) of the queued prototypes gives
+    centroids; each image's predicted-saliency prototype takes its nearest centroid (ids 1..k), the
+    background is 0, and the base class Hungarian-matches the num_classes ids to the classes. It is
+    the paper's k-means protocol with the training queue as the prototype set; ``evaluate.py
+    task=kmeans`` runs the full protocol (PCA whitening, 5 seeds).
+
+    Args:
+        net: DeepLabV3 with ``num_classes = embedding dim``.
+        num_classes: dataset classes (the validation clustering uses num_classes - 1 foreground ids).
+        saliency_key: batch key of the foreground mask: "saliency" (dataset's) or "prior" (make_priors).
+        momentum: key-encoder EMA momentum.
+        queue_size: K (128 with supervised saliency, 256 with unsupervised, in the paper).
+        temperature: T = 0.5.
+        saliency_weight: weight of the balanced BCE saliency loss (1 in the paper).
+        frozen_stages: freeze the first n of (stem, layer1..layer4), BN statistics included.
+        shuffle_bn: MoCo shuffled BN for the key encoder across processes (no-op on one process).
+        augment: photometric augmentation applied independently to the two views.
+    """
+
+    def __init__(self, net: DeepLabV3, num_classes: int, optimizer: OptimizerFactory | None = None,
+                 poly_power: float = 0.9, saliency_key: str = "saliency", momentum: float = 0.999,
+                 queue_size: int = 128, temperature: float = 0.5, saliency_weight: float = 1.0,
+                 frozen_stages: int = 0, shuffle_bn: bool = True, augment: PhotometricAugment | None = None,
+                 **base: Any) -> None:
+        base.setdefault("matching", "hungarian")
+        super().__init__(num_classes, optimizer, poly_power, **base)
+        if not 0 <= frozen_stages <= len(STAGES):
+            raise ValueError(f"frozen_stages must be in 0..{len(STAGES)}, got {frozen_stages}")
+        if not 0.0 <= momentum <= 1.0 or temperature <= 0:
+            raise ValueError(f"need 0 <= momentum <= 1 and temperature > 0, got {momentum}, {temperature}")
+        self.net = net
+        self.embedding_dim = net.num_classes
+        self.saliency_head = nn.Conv2d(net.head.channels, 1, 1, bias=False)
+        self.key_net = copy.deepcopy(net)
+        self.key_net.requires_grad_(False)
+        self.queue = PrototypeQueue(queue_size, self.embedding_dim)
+        self.saliency_key = saliency_key
+        self.momentum = momentum
+        self.temperature = temperature
+        self.saliency_weight = saliency_weight
+        self.shuffle_bn = shuffle_bn
+        self.augment = augment if augment is not None else PhotometricAugment()
+        self.frozen = [getattr(net.backbone, name) for name in _STEM_MODULES if hasattr(net.backbone, name)
+                       ] if frozen_stages else []
+        self.frozen += [getattr(net.backbone, name) for name in STAGES[1:frozen_stages]]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.centroids: Tensor | None = None
+
+    def train(self, mode: bool = True) -> MaskContrast:
+        super().train(mode)
+        for module in self.frozen:  # frozen stages keep their (pretrained) BN statistics
+            module.eval()
+        return self
+
+    # --- embeddings ------------------------------------------------------------------------------
+    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """image [B,3,H,W] -> (L2-normalised embeddings [B,D,H,W], saliency logits [B,H,W])."""
+        features = self.net.features(image)
+        size = image.shape[-2:]
+        emb = F.interpolate(self.net.head.classifier(features), size=size, mode="bilinear", align_corners=False)
+        sal = F.interpolate(self.saliency_head(features), size=size, mode="bilinear", align_corners=False)
+        return F.normalize(emb, dim=1), sal[:, 0]
+
+    @torch.no_grad()
+    def key_prototypes(self, key_image: Tensor, saliency: Tensor) -> tuple[Tensor, Tensor]:
+        """Momentum-encoder prototypes of the key views: ([B,D] unit rows, valid [B])."""
+        if self.shuffle_bn:
+            shuffled, restore = shuffle_batch(key_image)
+            keys = unshuffle_batch(self.key_net(shuffled), restore)
+        else:
+            keys = self.key_net(key_image)
+        return mask_prototypes(F.normalize(keys, dim=1), saliency)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.embed(image)[0]
+
+    # --- training --------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.saliency_key not in batch:
+            raise KeyError(f"Batch has no {self.saliency_key!r} (keys: {sorted(batch)}); set "
+                           "model.saliency_key, or data.prior=saliency_sup|saliency_unsup for 'prior'")
+        image, saliency = batch["image"], batch[self.saliency_key]
+        query, sal_logits = self.embed(self.augment(image))
+        sal_loss = balanced_bce(sal_logits, saliency, self.ignore_index)
+        ema_update(self.key_net, self.net, self.momentum)
+        protos, valid = self.key_prototypes(self.augment(image), saliency)
+        all_protos = all_gather_cat(protos)
+        all_valid = all_gather_cat(valid.to(torch.uint8)).bool()
+        offset = gathered_offset(image.shape[0], image.device)
+        logits, target = contrastive_logits(query, saliency, all_protos, all_valid,
+                                            self.queue.queue.clone(), self.temperature, offset)
+        contrast = F.cross_entropy(logits, target) if target.numel() else query.sum() * 0.0
+        self.queue.enqueue(all_protos[all_valid])
+        loss = contrast + self.saliency_weight * sal_loss
+        self.log_dict({"train/loss": loss, "train/contrastive": contrast, "train/saliency": sal_loss},
+                      prog_bar=True, batch_size=image.shape[0])
+        return loss
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        key_ids = {id(p) for p in self.key_net.parameters()}
+        return [{"params": [p for p in self.parameters() if p.requires_grad and id(p) not in key_ids]}]
+
+    # --- validation proxy ------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self.centroids = None  # the queue changed: re-cluster it
+
+    def on_test_epoch_start(self) -> None:
+        self.centroids = None
+
+    def queue_centroids(self) -> Tensor:
+        """k-means (k = num_classes - 1, seed 0) of the queued prototypes: [k,D]."""
+        if self.centroids is None:
+            k = max(1, min(self.num_classes - 1, self.queue.queue.shape[0]))
+            generator = torch.Generator().manual_seed(0)
+            self.centroids = kmeans(self.queue.queue.float(), k, generator=generator).centers
+        return self.centroids
+
+    @torch.no_grad()
+    def predict(self, image: Tensor) -> Tensor:
+        """Cluster ids [B,H,W]: 0 = predicted background, 1..k = the image prototype's centroid."""
+        emb, sal_logits = self.embed(image)
+        foreground = (sal_logits > 0).long()  # sigmoid > 0.5
+        protos, _ = mask_prototypes(emb, foreground)
+        cluster = assign(protos, self.queue_centroids()) + 1
+        return cluster.view(-1, 1, 1) * foreground
