@@ -7,7 +7,7 @@ export NO_ALBUMENTATIONS_UPDATE := 1
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -32,9 +32,6 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-
-bench: install
-	$(PY) bench/run_all.py
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache
