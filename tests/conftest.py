@@ -37,6 +37,17 @@ def compose_config(config_name: str, overrides: list[str], run_dir: Path) -> Dic
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_globals():
+    """Trainers with deterministic=True and spawned strategies change process-wide torch settings."""
+    import torch
+
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg(overrides, config_name="train", run_dir=None)`` -> composed config in tmp_path."""

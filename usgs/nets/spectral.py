@@ -106,7 +106,11 @@ def spectral_embedding(affinity: Tensor, k: int) -> Tensor:
     normalised = inv_sqrt_deg.unsqueeze(2) * affinity * inv_sqrt_deg.unsqueeze(1)
     eye = torch.eye(n, dtype=affinity.dtype, device=affinity.device)
     u = _eigh_vectors(eye - normalised)[..., :k]
-    return u / u.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    norms = u.norm(dim=-1, keepdim=True)
+    # Rows below sqrt(machine epsilon) are round-off (points outside the span of the k vectors, e.g.
+    # isolated channels): they become exact zeros instead of noise blown up to arbitrary lengths.
+    tol = torch.finfo(u.dtype).eps ** 0.5
+    return torch.where(norms > tol, u / norms.clamp_min(tol), torch.zeros_like(u))
 
 
 def canonical_labels(labels: Tensor, num_clusters: int) -> Tensor:
