@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
-from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb
+from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb, read_saliency
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -66,10 +66,7 @@ class FolderDataset(SegmentationDataset):
         if self.saliency_from_mask:
             sample["saliency"] = (mask > 0).astype(np.uint8)
         elif self.saliency_dir is not None:
-            saliency_path = self.saliency_dir / f"{name}.png"
-            saliency = read_index_png(saliency_path)
-            check_same_size(image, saliency, image_path, saliency_path)
-            sample["saliency"] = binarise(saliency, 128) if saliency.max() > 1 else saliency
+            sample["saliency"] = read_saliency(self.saliency_dir / f"{name}.png", image, image_path)
         return sample
 
 

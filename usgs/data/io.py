@@ -82,3 +82,10 @@ def missing_files(paths: dict[str, Path]) -> list[str]:
 def binarise(mask: np.ndarray, threshold: int) -> np.ndarray:
     """Foreground mask {0,1} from a grey mask: value >= threshold -> 1 (JPEG masks are not exact 0/255)."""
     return (mask >= threshold).astype(np.uint8)
+
+
+def read_saliency(path: Path, image: np.ndarray, image_path: Path) -> np.ndarray:
+    """A saliency PNG as uint8 {0,1} of the image's size; 0/255 maps (as released) are thresholded at 128."""
+    saliency = read_index_png(path)
+    check_same_size(image, saliency, image_path, path)
+    return binarise(saliency, 128) if saliency.max() > 1 else saliency

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
-from usgs.data.io import binarise, check_same_size, missing_files, read_index_png, read_list, read_rgb
+from usgs.data.io import (
+    check_same_size,
+    missing_files,
+    read_index_png,
+    read_list,
+    read_rgb,
+    read_saliency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +82,7 @@ class VOCDataset(SegmentationDataset):
         check_same_size(image, mask, image_path, label_path)
         sample = {"image": image, "mask": mask}
         if self.saliency_dir is not None:
-            saliency_path = self.saliency_dir / f"{name}.png"
-            saliency = read_index_png(saliency_path)
-            check_same_size(image, saliency, image_path, saliency_path)
-            # released saliency maps are 0/255; a {0,1} map is kept as is
-            sample["saliency"] = binarise(saliency, 128) if saliency.max() > 1 else saliency
+            sample["saliency"] = read_saliency(self.saliency_dir / f"{name}.png", image, image_path)
         return sample
 
 
