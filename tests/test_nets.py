@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from usgs.nets.backbones import load_state_dict_file, resnet, vgg16_bn
+from usgs.nets.backbones import resnet, vgg16_bn
 from usgs.nets.deeplab import DeepLabV3
 from usgs.nets.heads import ASPP
 
@@ -65,39 +65,6 @@ def test_unknown_backbone_lists_valid_names() -> None:
     with pytest.raises(ValueError, match="resnet34") as error:
         resnet("resnet34")  # type: ignore[arg-type]
     assert all(name in str(error.value) for name in ("resnet18", "resnet50", "resnet101"))
-
-
-def test_load_moco_style_checkpoint_reports_keys(tmp_path: Path) -> None:
-    source = resnet("resnet18")
-    state = {f"module.encoder_q.{k}": v for k, v in source.state_dict().items()}
-    state["module.encoder_q.fc.weight"] = torch.zeros(128, 512)  # MoCo's MLP head: unexpected here
-    state["module.encoder_k.conv1.weight"] = torch.zeros(64, 3, 7, 7)  # key encoder: dropped
-    path = tmp_path / "moco.pth.tar"
-    torch.save({"state_dict": state, "epoch": 200}, path)
-    target = resnet("resnet18")
-    missing, unexpected = load_state_dict_file(target, path)
-    assert missing == [] and unexpected == ["fc.weight"]
-    for key, value in source.state_dict().items():
-        assert torch.equal(target.state_dict()[key], value), key
-
-
-def test_shape_mismatch_is_skipped_and_reported(tmp_path: Path) -> None:
-    source = DeepLabV3(num_classes=3, backbone="resnet18")
-    path = tmp_path / "deeplab.pth"
-    torch.save(source.state_dict(), path)
-    target = DeepLabV3(num_classes=5, backbone="resnet18")
-    _, unexpected = load_state_dict_file(target, path)
-    assert set(unexpected) == {"head.classifier.weight", "head.classifier.bias"}
-    assert torch.equal(target.backbone.conv1.weight, source.backbone.conv1.weight)
-
-
-def test_load_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="missing.pth"):
-        load_state_dict_file(resnet("resnet18"), tmp_path / "missing.pth")
-    path = tmp_path / "other.pth"
-    torch.save({"foo.weight": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="no parameter name matches"):
-        load_state_dict_file(resnet("resnet18"), path)
 
 
 def test_aspp_and_deeplab_shapes() -> None:

@@ -1,19 +1,18 @@
 """Backbones with torchvision-compatible state-dict keys: ResNet-18/50/101 and VGG16-BN.
 
 Key names follow ``torchvision.models`` exactly, so torchvision or MoCo checkpoint files load from a
-path with :func:`load_state_dict_file` (torchvision itself is never imported).
+path with :func:`usgs.nets.weights.load_weights` (torchvision itself is never imported).
+:func:`backbone` builds any of them or a DINO/DINOv2 ViT (:mod:`usgs.nets.vit`) by name.
 """
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
-log = logging.getLogger(__name__)
+from usgs.nets.vit import VIT_SPECS, VisionTransformer, vit
+from usgs.nets.weights import load_weights
 
 ResNetName = Literal["resnet18", "resnet50", "resnet101"]
 
@@ -87,6 +86,8 @@ class ResNet(nn.Module):
     convolutions (PSPNet, Zhao et al., CVPR 2017; keys ``conv1..3``/``bn1..3`` as in its release).
     """
 
+    out_key = "layer4"  # the deepest map, read by segmentation heads
+
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int],
                  output_stride: int = 32, deep_stem: bool = False) -> None:
         super().__init__()
@@ -155,14 +156,14 @@ class ResNet(nn.Module):
 
 
 def resnet(name: ResNetName = "resnet50", output_stride: int = 32, deep_stem: bool = False,
-           weights: str | None = None) -> ResNet:
-    """Build a ResNet by name, optionally loading a local torchvision/MoCo checkpoint file."""
+           weights: str | None = None, weights_strict: bool = True) -> ResNet:
+    """Build a ResNet by name, optionally loading a local torchvision/MoCo/Lightning weight file."""
     if name not in _RESNET_SPECS:
         raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(sorted(_RESNET_SPECS))}")
     block, layers = _RESNET_SPECS[name]
     net = ResNet(block, layers, output_stride=output_stride, deep_stem=deep_stem)
     if weights:
-        load_state_dict_file(net, weights)
+        load_weights(net, weights, strict=weights_strict)
     return net
 
 
@@ -208,57 +209,25 @@ class VGG16BN(nn.Module):
         return out
 
 
-def vgg16_bn(weights: str | None = None) -> VGG16BN:
+def vgg16_bn(weights: str | None = None, weights_strict: bool = True) -> VGG16BN:
     """Build VGG16-BN, optionally loading a local torchvision checkpoint file (``classifier.*`` is ignored)."""
     net = VGG16BN()
     if weights:
-        load_state_dict_file(net, weights)
+        load_weights(net, weights, strict=weights_strict)
     return net
 
 
-_PREFIXES = ("module.", "encoder_q.", "backbone.", "model.", "net.")
+BACKBONE_NAMES: tuple[str, ...] = (*sorted(_RESNET_SPECS), *sorted(VIT_SPECS))
 
 
-def load_state_dict_file(module: nn.Module, path: str | Path,
-                         prefixes: tuple[str, ...] = _PREFIXES) -> tuple[list[str], list[str]]:
-    """Load a torchvision / MoCo-format checkpoint file into ``module`` (non-strict, reported).
+def backbone(name: str, output_stride: int = 32, deep_stem: bool = False, weights: str | None = None,
+             weights_strict: bool = True) -> ResNet | VisionTransformer:
+    """A ResNet or ViT by name; its ``out_key`` output (``channels[out_key]`` wide) feeds a head.
 
-    Accepts a raw state dict or one nested under ``state_dict``/``model``; strips DDP/MoCo prefixes
-    (``module.encoder_q.conv1.weight`` -> ``conv1.weight``); skips keys whose shapes differ (e.g. the
-    classifier). Returns ``(missing, unexpected)`` and logs them; raises if no key matched at all.
+    A ViT's stride is its patch size: ``output_stride`` and ``deep_stem`` apply to ResNets only.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint file not found: {path} (expected a torchvision-format .pth file)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(blob, dict) and isinstance(blob.get(key), dict):
-            blob = blob[key]
-    if not isinstance(blob, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(blob).__name__}")
-    if any(k.startswith("module.encoder_k.") for k in blob):  # MoCo: keep the query encoder only
-        blob = {k: v for k, v in blob.items() if not k.startswith("module.encoder_k.")}
-    own = module.state_dict()
-    cleaned = {_match_key(key, own, prefixes): value for key, value in blob.items()}
-    shape_mismatch = [k for k, v in cleaned.items() if k in own and own[k].shape != v.shape]
-    usable = {k: v for k, v in cleaned.items() if k in own and k not in shape_mismatch}
-    if not usable:
-        raise ValueError(f"{path}: no parameter name matches {type(module).__name__} "
-                         f"(first keys in file: {list(blob)[:5]}, expected e.g. {list(own)[:5]})")
-    result = module.load_state_dict(usable, strict=False)
-    unexpected = sorted(set(cleaned) - set(own)) + shape_mismatch
-    missing = sorted(result.missing_keys)
-    log.info("Loaded %d tensors from %s; missing %d %s; unexpected/skipped %d %s", len(usable), path,
-             len(missing), missing[:10], len(unexpected), unexpected[:10])
-    return missing, unexpected
-
-
-def _match_key(key: str, own: dict[str, Tensor], prefixes: tuple[str, ...]) -> str:
-    """``key`` itself if the module has it, else the first prefix-stripped form it has (else fully stripped)."""
-    name = key
-    while name not in own:
-        prefix = next((p for p in prefixes if name.startswith(p)), None)
-        if prefix is None:
-            break
-        name = name[len(prefix):]
-    return name
+    if name in VIT_SPECS:
+        return vit(name, weights=weights, weights_strict=weights_strict)
+    if name in _RESNET_SPECS:
+        return resnet(name, output_stride, deep_stem, weights, weights_strict)  # type: ignore[arg-type]
+    raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
