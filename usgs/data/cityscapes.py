@@ -3,7 +3,8 @@
 ``*_gtFine_labelIds.png`` holds the 34 raw label ids (0..33; the licence plate, id -1, is stored as
 255). ``label_mode="trainid"`` maps them to the 19 evaluation classes of the benchmark (others ->
 255), the table of cityscapesScripts' ``labels.py``; ``label_mode="raw"`` keeps the 34 raw ids, the
-setting of the ClusterNet thesis (use ``data.num_classes=34``).
+setting of the ClusterNet thesis (use ``data.num_classes=34``); ``label_mode="id27"`` keeps raw ids
+7..33 as classes 0..26 (others -> 255), the 27-class protocol of PiCIE/STEGO (``data=cityscapes27``).
 
 Cityscapes needs a (free) login at https://www.cityscapes-dataset.com, so nothing is downloaded:
 get ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` there and unzip both into the
@@ -37,6 +38,9 @@ for _raw, _name, _train in LABELS:
     TRAIN_ID_LUT[_raw] = _train
 RAW_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 RAW_LUT[: len(LABELS)] = np.arange(len(LABELS))
+ID27_CLASS_NAMES = RAW_CLASS_NAMES[7:]  # STEGO's CityscapesSeg: label id - 7, negatives ignored
+ID27_LUT = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+ID27_LUT[7 : len(LABELS)] = np.arange(len(ID27_CLASS_NAMES))
 TRAIN_PALETTE = np.array(
     [[128, 64, 128], [244, 35, 232], [70, 70, 70], [102, 102, 156], [190, 153, 153], [153, 153, 153],
      [250, 170, 30], [220, 220, 0], [107, 142, 35], [152, 251, 152], [70, 130, 180], [220, 20, 60],
@@ -86,7 +90,7 @@ class CityscapesDataset(SegmentationDataset):
 
 
 class CityscapesDataModule(SegmentationDataModule):
-    """Cityscapes fine annotations; ``label_mode``: "trainid" (19 classes) or "raw" (34 ids).
+    """Cityscapes fine annotations; ``label_mode``: "trainid" (19), "raw" (34 ids) or "id27" (27).
 
     ``split_dirs`` maps train/val/test to the on-disk split folders (test -> val by default).
     """
@@ -101,13 +105,14 @@ class CityscapesDataModule(SegmentationDataModule):
         split_dirs: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
-        modes = {"trainid": (TRAIN_CLASS_NAMES, TRAIN_ID_LUT), "raw": (RAW_CLASS_NAMES, RAW_LUT)}
+        modes = {"trainid": (TRAIN_CLASS_NAMES, TRAIN_ID_LUT), "raw": (RAW_CLASS_NAMES, RAW_LUT),
+                 "id27": (ID27_CLASS_NAMES, ID27_LUT)}
         if label_mode not in modes:
             raise ValueError(f"label_mode={label_mode!r}; valid: {list(modes)}")
         self.class_names, self.lut = modes[label_mode]
-        if label_mode == "raw":
+        if label_mode != "trainid":
             rng = np.random.default_rng(0)  # raw ids have no official colours; fixed random ones
-            self.palette = rng.integers(0, 256, (len(RAW_CLASS_NAMES), 3), dtype=np.uint8)
+            self.palette = rng.integers(0, 256, (len(RAW_CLASS_NAMES), 3), dtype=np.uint8)[-len(self.class_names):]
         super().__init__(**kwargs)
         self.label_mode = label_mode
         self.split_dirs = dict(split_dirs or {"train": "train", "val": "val", "test": "val"})
