@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from usgs.methods.dense_outputs import DenseOutputs, dense_outputs
 
@@ -18,12 +19,23 @@ def _to_cpu(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+def _at_image_size(batch: dict[str, Any], out: DenseOutputs) -> DenseOutputs:
+    """Features coarser than the image (a ViT's patch map) upsampled bilinearly and re-normalised."""
+    size = batch["image"].shape[-2:]
+    if out.features.shape[-2:] == size:
+        return out
+    features = F.interpolate(out.features.float(), size=size, mode="bilinear", align_corners=False)
+    return DenseOutputs(F.normalize(features, dim=1), out.saliency)
+
+
 class FeatureSource:
     """Re-iterable ``(batch, DenseOutputs)`` over a loader in a fixed order, outputs on the CPU.
 
     The first pass runs the network; its outputs are kept (features as float16) while they fit in
     ``cache_mb``, so protocols that need two passes (fit, then predict) pay for one forward pass on
-    small evaluation splits and for two, without running out of memory, on large ones.
+    small evaluation splits and for two, without running out of memory, on large ones. Features are
+    kept at the network's resolution (a frozen ViT's patch map is p^2 times smaller than the image,
+    so hundreds of images fit) and upsampled to the image as they are read.
     The loader must not shuffle (batches are matched across passes by position).
     """
 
@@ -46,7 +58,7 @@ class FeatureSource:
         if self._cache is not None:
             for batch, out in self._cache:
                 sal = out.saliency.float() if out.saliency is not None else None
-                yield batch, DenseOutputs(out.features.float(), sal)
+                yield batch, _at_image_size(batch, DenseOutputs(out.features.float(), sal))
             return
         cache: list[tuple[dict[str, Any], DenseOutputs]] | None = []
         used = 0.0
@@ -58,5 +70,5 @@ class FeatureSource:
                     cache.append((batch, DenseOutputs(out.features.half(), sal)))
                 else:
                     cache = None  # too large: later passes re-run the network
-            yield batch, out
+            yield batch, _at_image_size(batch, out)
         self._cache = cache

@@ -133,6 +133,7 @@ class VisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim)) if mask_token else None  # DINOv2 files hold it
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, layer_scale) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.feature_map = nn.Identity()  # no weights: the hook point of the dense map (Grad-CAM's layer)
         self.channels = {self.out_key: embed_dim}
         self.output_stride = patch_size
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -161,7 +162,7 @@ class VisionTransformer(nn.Module):
         tokens, keys, (h, w) = self.tokens(x)
         skip = 1 + (0 if self.register_tokens is None else self.register_tokens.shape[1])
         dense = (keys if self.feature == "keys" else tokens)[:, skip:]
-        features = dense.transpose(1, 2).reshape(len(x), -1, h, w)
+        features = self.feature_map(dense.transpose(1, 2).reshape(len(x), -1, h, w))
         return {self.out_key: features, "cls": tokens[:, 0]}
 
 

@@ -55,8 +55,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     else:
         module = instantiate(cfg.model, _convert_="all")
         data_cfg = cfg.data
-        log.warning("No ckpt_path: evaluating the freshly initialised %s (random-init baseline)",
-                    type(module).__name__)
+        if not getattr(module, "pretrained", False):  # model=frozen_backbone loads its own weight file
+            log.warning("No ckpt_path: evaluating the freshly initialised %s (random-init baseline)",
+                        type(module).__name__)
     datamodule: SegmentationDataModule = instantiate(data_cfg, _convert_="all")
     datamodule.prior = None  # evaluation reads the network's outputs, never a cached prior
     device = _device(str(cfg.get("device", "auto")))
@@ -72,8 +73,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = result.flat()
     write_metrics(run_dir, metrics)
     table = markdown_table([result])
+    source = "none (pretrained backbone)" if getattr(module, "pretrained", False) else "none (random init)"
     header = (f"# {result.task} on {datamodule.name} ({cfg.split})\n\ncheckpoint: "
-              f"{cfg.get('ckpt_path') or 'none (random init)'}; CRF: {bool(cfg.get('crf'))}\n\n")
+              f"{cfg.get('ckpt_path') or source}; CRF: {bool(cfg.get('crf'))}\n\n")
     atomic_write_text(Path(run_dir) / "metrics.md", header + table)
     overlays = save_overlays([result], Path(run_dir) / "overlays", datamodule.palette, datamodule.num_classes)
     print(header + table)

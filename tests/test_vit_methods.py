@@ -1,0 +1,94 @@
+"""Every method that takes a backbone takes a ViT: MaskContrast (DeepLab or light head), twins, the CAM
+classifier, frozen-feature evaluation (k-means, linear probe) with features cached at patch resolution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf, open_dict
+
+from tests.conftest import ROOT, compose_config
+from usgs.evaluation.features import FeatureSource
+from usgs.methods.classifier import ImageClassifier
+from usgs.methods.frozen_backbone import FrozenBackbone
+from usgs.nets.vit import vit
+from usgs.priors.cam import GradCAM
+from usgs.run.train import train
+
+FAST = ["logger=csv", "data.num_workers=0", "trainer.fast_dev_run=true", "data.image_size=32",
+        "data.batch_size=4", "data.eval_batch_size=4"]
+
+
+@pytest.mark.parametrize("head", ["deeplabv3", "patch_head"])
+def test_maskcontrast_trains_on_a_vit(tmp_path: Path, head: str) -> None:
+    cfg = compose_config("train", ["experiment=maskcontrast", *FAST], tmp_path)
+    with open_dict(cfg):
+        if head == "patch_head":  # the light head of conf/model/net/patch_head.yaml
+            cfg.model.net = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/net/patch_head.yaml"),
+                                            {"num_classes": 32, "hidden": 64})
+        cfg.model.net.backbone = "vit_small_patch16"
+        cfg.model.net.aspp_rates = [1, 2, 3] if head == "deeplabv3" else None
+        if head == "patch_head":
+            del cfg.model.net.aspp_rates
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train/loss"] is not None and "val/miou" in metrics
+
+
+def test_twins_train_on_a_vit(tmp_path: Path) -> None:
+    from usgs.run.priors import make_priors
+
+    overrides = ["experiment=twins", *FAST, "data.num_train=8", "data.num_val=4",
+                 "model.net.backbone=vit_small_patch16", "model.net.aspp_rates=[1,2,3]"]
+    cfg = compose_config("train", overrides, tmp_path)
+    pcfg = compose_config("make_priors", [f"prior={cfg.data.prior}", "progress=false"], tmp_path / "priors_run")
+    with open_dict(pcfg):
+        pcfg.data = OmegaConf.merge(cfg.data, {"prior": None})
+        pcfg.paths.priors_dir = cfg.paths.priors_dir
+    make_priors(pcfg)
+    train(cfg)
+    assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] is not None
+
+
+def test_cam_classifier_on_vit_patch_features() -> None:
+    model = ImageClassifier(vit("vit_small_patch16"), num_classes=3, pos_weight=None, feature_key="features",
+                            cam_layer="backbone.feature_map")
+    image, labels = torch.randn(2, 3, 48, 64), torch.tensor([[1.0, 0, 1], [0, 1, 0]])
+    assert model(image).shape == (2, 3)
+    cams = GradCAM(model, model.cam_layer)(image, labels)
+    assert cams.shape == (2, 3, 48, 64) and cams.min() >= 0 and cams.max() <= 1
+    assert (cams[labels == 0] == 0).all()
+
+
+def test_frozen_backbone_flip_is_equivariant_and_cached_at_patch_resolution() -> None:
+    net = FrozenBackbone(vit("vit_small_patch16"), flip=True)
+    x = torch.randn(1, 3, 32, 48)
+    f, _ = net.embed(x)
+    g, _ = net.embed(x.flip(-1))
+    assert f.shape == (1, 384, 2, 3) and torch.allclose(g, f.flip(-1), atol=1e-5)
+    loader = [{"image": torch.randn(2, 3, 32, 48), "mask": torch.zeros(2, 32, 48, dtype=torch.long)}]
+    source = FeatureSource(net, loader, torch.device("cpu"))
+    first = [out.features for _, out in source]
+    assert first[0].shape == (2, 384, 32, 48) and source._cache is not None
+    assert source._cache[0][1].features.shape == (2, 384, 2, 3)  # what is kept: the patch map
+    second = [out.features for _, out in source]
+    assert torch.allclose(first[0], second[0], atol=1e-2)  # float16 cache
+
+
+def test_evaluate_frozen_vit_features(tmp_path: Path, make_cfg) -> None:
+    from usgs.run.evaluate import evaluate
+
+    weights = tmp_path / "vits16.pth"
+    torch.save(vit("vit_small_patch16").state_dict(), weights)
+    common = ["model=frozen_backbone", f"model.backbone.weights={weights}", "data.image_size=32",
+              "max_train_images=8", "max_eval_images=8", "data.eval_batch_size=4"]
+    cfg = make_cfg([*common, "task=kmeans", "task.seeds=[0]", "task.pixels_per_image=50"],
+                   config_name="evaluate", run_dir=tmp_path / "kmeans")
+    assert 0.0 <= evaluate(cfg)["kmeans/pixels/miou"] <= 1.0
+    assert "none (pretrained backbone)" in (tmp_path / "kmeans" / "metrics.md").read_text()
+    cfg = make_cfg([*common, "task=linear_probe", "task.pixels_per_image=50"], config_name="evaluate",
+                   run_dir=tmp_path / "probe")
+    assert "linear_probe/linear_probe/miou" in evaluate(cfg)
