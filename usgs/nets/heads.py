@@ -67,3 +67,28 @@ class DeepLabV3Head(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x))
+
+
+class BackboneHeadNet(nn.Module):
+    """Shared shape of the segmentation nets: ``backbone`` (``out_key`` map) -> ``head`` -> upsampled logits.
+
+    Subclasses set ``backbone``, ``head`` (with ``features``, ``classifier``, ``channels``) and
+    ``num_classes``. ``features(x)`` is the head's map before the classifier (embedding methods
+    project it); ``forward(x)`` gives logits ``[B,num_classes,H,W]`` (bilinear).
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+    num_classes: int
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.head.features(self.backbone(x)[self.backbone.out_key])
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.head.classifier(self.features(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def replace_classifier(self, num_classes: int) -> None:
+        """Swap the final 1x1 convolution for ``num_classes`` outputs (fine-tuning to new classes)."""
+        self.head.classifier = nn.Conv2d(self.head.channels, num_classes, 1)
+        self.num_classes = num_classes

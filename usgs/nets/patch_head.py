@@ -8,9 +8,9 @@ patch features instead of a DeepLab decoder; this is that shape of network for a
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
 from usgs.nets.backbones import backbone as build_backbone
+from usgs.nets.heads import BackboneHeadNet
 
 
 class PatchProjection(nn.Module):
@@ -27,7 +27,7 @@ class PatchProjection(nn.Module):
         return x if self.nonlinear is None else x + self.nonlinear(x)
 
 
-class PatchHeadNet(nn.Module):
+class PatchHeadNet(BackboneHeadNet):
     """Backbone patch map ``[B,C,H/p,W/p]`` -> (light head) -> logits ``[B,num_classes,H,W]`` (bilinear).
 
     Same interface as :class:`usgs.nets.deeplab.DeepLabV3` (``backbone``, ``head.classifier``,
@@ -50,14 +50,3 @@ class PatchHeadNet(nn.Module):
         if self.freeze_backbone:
             self.backbone.eval()
         return self
-
-    def features(self, x: Tensor) -> Tensor:
-        return self.head.features(self.backbone(x)[self.backbone.out_key])
-
-    def forward(self, x: Tensor) -> Tensor:
-        logits = self.head.classifier(self.features(x))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-    def replace_classifier(self, num_classes: int) -> None:
-        self.head.classifier = nn.Conv2d(self.head.channels, num_classes, 1)
-        self.num_classes = num_classes
