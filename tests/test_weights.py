@@ -98,3 +98,10 @@ def test_errors_name_the_file(tmp_path: Path) -> None:
     torch.save({"teacher": {"x": torch.zeros(1)}}, path)
     with pytest.raises(KeyError, match="'student'.*teacher"):
         load_weights(resnet("resnet18"), path, checkpoint_key="student")
+
+
+def test_files_with_arbitrary_objects_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.pth"
+    torch.save({"state_dict": resnet("resnet18").state_dict(), "hook": _same}, path)  # a pickled function
+    with pytest.raises(ValueError, match="pickled.pth.*weights_only"):
+        load_weights(resnet("resnet18"), path)

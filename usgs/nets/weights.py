@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,8 +64,12 @@ def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> dict
         raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file; nothing is "
                                 "downloaded at run time)")
     # DINO checkpoints pickle their argparse Namespace; allow exactly that, nothing else.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # never unpickle arbitrary objects from a weight file
+        raise ValueError(f"{path}: holds objects other than tensors and plain containers, refused by "
+                         f"torch.load(weights_only=True): {str(err).splitlines()[0]}") from err
     if not isinstance(blob, dict):
         raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(blob).__name__}")
     if checkpoint_key is not None:
