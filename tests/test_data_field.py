@@ -82,3 +82,30 @@ def test_potsdam_real_tile(shared_data: Path, make_cfg, config: str, merge: list
     expected = six if merge is None else np.where(six == 255, 255, np.array(merge + [0])[np.minimum(six, 6)])
     assert raw["image"].shape == (512, 512, 3) and np.array_equal(raw["mask"], expected)
     assert dm.num_classes == (6 if merge is None else 3) and len(np.unique(raw["mask"])) > 2
+
+
+def test_potsdam_iic_layout_from_written_mat_files(tmp_path: Path) -> None:
+    from scipy.io import savemat
+
+    from usgs.data.potsdam import PotsdamDataModule
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "gt").mkdir()
+    names = [f"tile_{i}" for i in range(12)]
+    for name in names:
+        savemat(tmp_path / "imgs" / f"{name}.mat", {"img": rng.random((8, 8, 4)).astype(np.float32)})  # RGB + IR
+        savemat(tmp_path / "gt" / f"{name}.mat", {"gt": rng.choice([0, 1, 2, 3, 4, 5, 255], (8, 8)).astype(np.uint8)})
+    (tmp_path / "labelled_train.txt").write_text("\n".join(names[:10]) + "\n")
+    (tmp_path / "labelled_test.txt").write_text("\n".join(names[10:]) + "\n")
+    dm = PotsdamDataModule(root=tmp_path, num_classes=3, merge3=True, layout="iic")
+    splits = {s: dm.split_ids(s) for s in ("train", "val", "test")}
+    assert splits["test"] == names[10:] and len(splits["val"]) == 1 and len(splits["train"]) == 9
+    raw = dm.dataset("test", transform=None).load(0)
+    from scipy.io import loadmat
+
+    gt = loadmat(tmp_path / "gt" / f"{names[10]}.mat")["gt"]
+    merged = np.array([0, 1, 2, 2, 0, 1] + [255] * 250, dtype=np.uint8)[gt]
+    assert raw["image"].shape == (8, 8, 3) and raw["image"].dtype == np.uint8 and np.array_equal(raw["mask"], merged)
+    with pytest.raises(FileNotFoundError, match="labelled_train.txt.*IIC Potsdam archive"):
+        PotsdamDataModule(root=tmp_path / "imgs", num_classes=6, layout="iic").split_ids("train")

@@ -35,13 +35,15 @@ class FeatureSource:
     ``cache_mb``, so protocols that need two passes (fit, then predict) pay for one forward pass on
     small evaluation splits and for two, without running out of memory, on large ones. Features are
     kept at the network's resolution (a frozen ViT's patch map is p^2 times smaller than the image,
-    so hundreds of images fit) and upsampled to the image as they are read.
+    so hundreds of images fit) and upsampled to the image as they are read. ``flip`` averages each
+    output with that of the horizontally mirrored image (STEGO's test-time flip).
     The loader must not shuffle (batches are matched across passes by position).
     """
 
     def __init__(self, module: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device,
-                 cache_mb: float = 1024.0) -> None:
+                 cache_mb: float = 1024.0, flip: bool = False) -> None:
         self.module = module
+        self.flip = flip
         self.loader = loader
         self.device = device
         self.cache_bytes = cache_mb * 2**20
@@ -51,6 +53,10 @@ class FeatureSource:
         self.module.eval()  # frozen network, BN statistics included
         for batch in self.loader:
             out = dense_outputs(self.module, batch["image"].to(self.device))
+            if self.flip:  # test-time flip: average with the mirrored image's outputs, mirrored back
+                mirrored = dense_outputs(self.module, batch["image"].to(self.device).flip(-1))
+                sal = None if out.saliency is None else (out.saliency + mirrored.saliency.flip(-1)) / 2
+                out = DenseOutputs(F.normalize(out.features + mirrored.features.flip(-1), dim=1), sal)
             sal = out.saliency.cpu() if out.saliency is not None else None
             yield _to_cpu(batch), DenseOutputs(out.features.cpu(), sal)
 

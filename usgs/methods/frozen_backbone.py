@@ -15,24 +15,20 @@ from torch.nn import functional as F
 class FrozenBackbone(nn.Module):
     """``embed(image [B,3,H,W]) -> (L2-normalised features [B,C,H/p,W/p], None)``; no saliency.
 
-    ``flip``: average the features of the image and of its horizontal mirror (mirrored back), the
-    test-time flip of STEGO's evaluation. Features stay at the backbone's resolution; the evaluation
-    (:class:`usgs.evaluation.features.FeatureSource`) caches them so and upsamples per use.
+    Features stay at the backbone's resolution; the evaluation
+    (:class:`usgs.evaluation.features.FeatureSource`) caches them so and upsamples per use
+    (``evaluate.py flip=true`` adds the test-time flip).
     """
 
     pretrained = True  # the weights come from the backbone's file, not from a training run
 
-    def __init__(self, backbone: nn.Module, flip: bool = False) -> None:
+    def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         if not hasattr(backbone, "out_key"):
             raise TypeError(f"{type(backbone).__name__} has no out_key (build it with usgs.nets.backbones.backbone)")
         self.backbone = backbone.eval().requires_grad_(False)
-        self.flip = flip
 
     @torch.no_grad()
     def embed(self, image: Tensor) -> tuple[Tensor, None]:
         features = self.backbone(image)[self.backbone.out_key]
-        if self.flip:
-            mirrored = self.backbone(image.flip(-1))[self.backbone.out_key].flip(-1)
-            features = (features + mirrored) / 2
         return F.normalize(features.float(), dim=1), None

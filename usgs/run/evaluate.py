@@ -64,8 +64,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module.to(device)
     task = instantiate(cfg.task, _convert_="all")
     cache_mb = float(cfg.get("cache_mb", 1024))
-    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb)
-    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device, cache_mb)
+    flip = bool(cfg.get("flip", False))
+    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb, flip)
+    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device, cache_mb,
+                               flip)
     crf_params: dict[str, Any] = dict(MASKCONTRAST_CRF)
     refine = functools.partial(dense_crf, **crf_params) if cfg.get("crf") else None
     result = task.run(train, evaluation, datamodule.num_classes, list(datamodule.class_names), refine)
@@ -75,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     table = markdown_table([result])
     source = "none (pretrained backbone)" if getattr(module, "pretrained", False) else "none (random init)"
     header = (f"# {result.task} on {datamodule.name} ({cfg.split})\n\ncheckpoint: "
-              f"{cfg.get('ckpt_path') or source}; CRF: {bool(cfg.get('crf'))}\n\n")
+              f"{cfg.get('ckpt_path') or source}; CRF: {bool(cfg.get('crf'))}; flip: {flip}\n\n")
     atomic_write_text(Path(run_dir) / "metrics.md", header + table)
     overlays = save_overlays([result], Path(run_dir) / "overlays", datamodule.palette, datamodule.num_classes)
     print(header + table)
