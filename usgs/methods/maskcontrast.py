@@ -16,6 +16,7 @@ from usgs.methods.contrastive import (
     all_gather_cat,
     balanced_bce,
     contrastive_logits,
+    enet_class_weights,
     gathered_offset,
     mask_prototypes,
     shuffle_batch,
@@ -23,6 +24,7 @@ from usgs.methods.contrastive import (
 )
 from usgs.methods.ema import ema_update
 from usgs.methods.maskcontrast_transforms import PhotometricAugment
+from usgs.methods.twin_views import SECOND_VIEW_SUFFIX
 from usgs.nets.deeplab import DeepLabV3
 from usgs.nets.kmeans import assign, kmeans
 
@@ -31,19 +33,27 @@ STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
 
+def _frozen_modules(net: DeepLabV3, frozen_stages: int) -> list[nn.Module]:
+    """Backbone modules of the first ``frozen_stages`` of STAGES."""
+    backbone = net.backbone
+    stem = [getattr(backbone, n) for n in _STEM_MODULES if hasattr(backbone, n)] if frozen_stages else []
+    return stem + [getattr(backbone, name) for name in STAGES[1:frozen_stages]]
+
+
 class MaskContrast(SegmentationModule):
     """Pixel embeddings contrasted against object-mask prototypes of a momentum encoder.
 
     ``net`` is a :class:`DeepLabV3` whose classifier is the 1x1 projection to the D-dim embedding
     (paper: ResNet-50 OS 8, ASPP 12/24/36, 256 channels, D = 32); a bias-free 1x1 saliency head reads
-    the same 256-channel features, as in the paper's code. Per step, for query view q and key view k of
-    the same crop with saliency s [B,H,W]:
+    the same 256-channel features, as in the paper's code. Per step, for the query view q with saliency
+    s_q [B,H,W] and the key view k with s_k (``image2`` / ``<saliency_key>2`` from
+    :class:`MaskContrastTransform`; the query's own crop when the batch has no key view):
 
     * query embeddings ``e_q = normalize(net(q))`` [B,D,H,W]; key prototypes ``p_b = normalize(sum of
-      normalize(key_net(k)) over s_b == 1)`` [B,D], gathered over processes;
-    * every salient pixel of image b is classified among all batch prototypes + the queue [K,D] with
-      temperature T, target p_b (cross-entropy), plus ``saliency_weight`` x balanced BCE on the
-      saliency logits;
+      normalize(key_net(k)) over s_k,b == 1)`` [B,D], gathered over processes;
+    * every pixel of image b with s_q == 1 is classified among all batch prototypes + the queue
+      [K,D] with temperature T, target p_b (cross-entropy with E-Net class weights), plus
+      ``saliency_weight`` x balanced BCE of the saliency logits against s_q;
     * the key encoder follows the query one by EMA (m = 0.999 every step); valid prototypes are queued.
 
     Validation (cheap, no extra pass): k-means (k = num_classes - 1) of the queued prototypes gives
@@ -60,7 +70,10 @@ class MaskContrast(SegmentationModule):
         queue_size: K (128 with supervised saliency, 256 with unsupervised, in the paper).
         temperature: T = 0.5.
         saliency_weight: weight of the balanced BCE saliency loss (1 in the paper).
-        frozen_stages: freeze the first n of (stem, layer1..layer4), BN statistics included.
+        frozen_stages: freeze the first n of (stem, layer1..layer4) in the query and the key encoder,
+            BN statistics included (the original's ``freeze_layers: True`` is 3: stem, layer1, layer2).
+        enet_weights: weight the pixel cross-entropy by E-Net class weights ``1 / ln(1.02 + p_b)``,
+            p_b = share of the batch's query pixels that belong to image b (the original's).
         shuffle_bn: MoCo shuffled BN for the key encoder across processes (no-op on one process).
         augment: photometric augmentation applied independently to the two views.
     """
@@ -69,7 +82,7 @@ class MaskContrast(SegmentationModule):
                  poly_power: float = 0.9, saliency_key: str = "saliency", momentum: float = 0.999,
                  queue_size: int = 128, temperature: float = 0.5, saliency_weight: float = 1.0,
                  frozen_stages: int = 0, shuffle_bn: bool = True, augment: PhotometricAugment | None = None,
-                 **base: Any) -> None:
+                 enet_weights: bool = True, **base: Any) -> None:
         base.setdefault("matching", "hungarian")
         super().__init__(num_classes, optimizer, poly_power, **base)
         if not 0 <= frozen_stages <= len(STAGES):
@@ -88,11 +101,12 @@ class MaskContrast(SegmentationModule):
         self.saliency_weight = saliency_weight
         self.shuffle_bn = shuffle_bn
         self.augment = augment if augment is not None else PhotometricAugment()
-        self.frozen = [getattr(net.backbone, name) for name in _STEM_MODULES if hasattr(net.backbone, name)
-                       ] if frozen_stages else []
-        self.frozen += [getattr(net.backbone, name) for name in STAGES[1:frozen_stages]]
+        # The original (pretrain/utils/utils.py freeze_layers) freezes these stages in BOTH encoders:
+        # no gradient, and eval mode so that their BN statistics stay the pretrained ones.
+        self.frozen = [m for encoder in (net, self.key_net) for m in _frozen_modules(encoder, frozen_stages)]
         for module in self.frozen:
             module.requires_grad_(False)
+        self.enet_weights = enet_weights
         self.centroids: Tensor | None = None
 
     def train(self, mode: bool = True) -> MaskContrast:
@@ -125,20 +139,29 @@ class MaskContrast(SegmentationModule):
 
     # --- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if self.saliency_key not in batch:
-            raise KeyError(f"Batch has no {self.saliency_key!r} (keys: {sorted(batch)}); set "
+        key = self.saliency_key
+        if key not in batch:
+            raise KeyError(f"Batch has no {key!r} (keys: {sorted(batch)}); set "
                            "model.saliency_key, or data.prior=saliency_sup|saliency_unsup for 'prior'")
-        image, saliency = batch["image"], batch[self.saliency_key]
+        image, saliency = batch["image"], batch[key]
+        # Key view: its own crop and mask when the transform drew one (MaskContrastTransform with
+        # independent_views, as the original's DatasetKeyQuery), else the query's crop.
+        key_image = batch.get("image" + SECOND_VIEW_SUFFIX, image)
+        key_saliency = batch.get(key + SECOND_VIEW_SUFFIX, saliency)
         query, sal_logits = self.embed(self.augment(image))
         sal_loss = balanced_bce(sal_logits, saliency, self.ignore_index)
         ema_update(self.key_net, self.net, self.momentum)
-        protos, valid = self.key_prototypes(self.augment(image), saliency)
+        protos, valid = self.key_prototypes(self.augment(key_image), key_saliency)
         all_protos = all_gather_cat(protos)
         all_valid = all_gather_cat(valid.to(torch.uint8)).bool()
         offset = gathered_offset(image.shape[0], image.device)
-        logits, target = contrastive_logits(query, saliency, all_protos, all_valid,
+        # A query pixel needs its own image's prototype: images whose key view has no foreground
+        # give no query pixel.
+        query_saliency = torch.where(valid.view(-1, 1, 1), saliency, torch.zeros_like(saliency))
+        logits, target = contrastive_logits(query, query_saliency, all_protos, all_valid,
                                             self.queue.queue.clone(), self.temperature, offset)
-        contrast = F.cross_entropy(logits, target) if target.numel() else query.sum() * 0.0
+        weight = enet_class_weights(target, logits.shape[1]).to(logits.dtype) if self.enet_weights else None
+        contrast = F.cross_entropy(logits, target, weight=weight) if target.numel() else query.sum() * 0.0
         self.queue.enqueue(all_protos[all_valid])
         loss = contrast + self.saliency_weight * sal_loss
         self.log_dict({"train/loss": loss, "train/contrastive": contrast, "train/saliency": sal_loss},
