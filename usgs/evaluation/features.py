@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usgs.methods.dense_outputs import DenseOutputs, dense_outputs
@@ -24,12 +25,15 @@ class FeatureSource:
     The first pass runs the network; its outputs are kept (features as float16) while they fit in
     ``cache_mb``, so protocols that need two passes (fit, then predict) pay for one forward pass on
     small evaluation splits and for two, without running out of memory, on large ones.
-    The loader must not shuffle (batches are matched across passes by position).
+    The loader must not shuffle (batches are matched across passes by position). ``layer`` picks
+    the features (see :func:`dense_outputs`); saliency is cached in float32 because protocols take
+    its logit.
     """
 
     def __init__(self, module: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device,
-                 cache_mb: float = 1024.0) -> None:
+                 cache_mb: float = 1024.0, layer: str = "embedding") -> None:
         self.module = module
+        self.layer = layer
         self.loader = loader
         self.device = device
         self.cache_bytes = cache_mb * 2**20
@@ -38,15 +42,14 @@ class FeatureSource:
     def _run(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         self.module.eval()  # frozen network, BN statistics included
         for batch in self.loader:
-            out = dense_outputs(self.module, batch["image"].to(self.device))
+            out = dense_outputs(self.module, batch["image"].to(self.device), self.layer)
             sal = out.saliency.cpu() if out.saliency is not None else None
             yield _to_cpu(batch), DenseOutputs(out.features.cpu(), sal)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         if self._cache is not None:
             for batch, out in self._cache:
-                sal = out.saliency.float() if out.saliency is not None else None
-                yield batch, DenseOutputs(out.features.float(), sal)
+                yield batch, DenseOutputs(out.features.float(), out.saliency)
             return
         cache: list[tuple[dict[str, Any], DenseOutputs]] | None = []
         used = 0.0
@@ -54,9 +57,29 @@ class FeatureSource:
             if cache is not None:
                 used += out.features.numel() * 2 + batch["image"].numel() * 4
                 if used <= self.cache_bytes:
-                    sal = out.saliency.half() if out.saliency is not None else None
-                    cache.append((batch, DenseOutputs(out.features.half(), sal)))
+                    cache.append((batch, DenseOutputs(out.features.half(), out.saliency)))
                 else:
                     cache = None  # too large: later passes re-run the network
             yield batch, out
         self._cache = cache
+
+
+def salient_prototypes(features: Tensor, saliency: Tensor, logit_threshold: float = 0.5,
+                       logit_weighted: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """One prototype per image from its predicted saliency, as MaskContrast's evaluation code does.
+
+    ``segmentation/utils/kmeans_utils.py`` and ``retrieval_utils.py`` of the original sum the pixel
+    features weighted by the saliency *logit* where the logit exceeds 0.5 (``sal * (sal > 0.5)`` on
+    the un-squashed output), then L2-normalise. ``logit_weighted=False`` gives the plain mean over the
+    foreground; ``logit_threshold=0`` is probability > 0.5.
+
+    Args:
+        features: [B,D,H,W]; saliency: probabilities [B,H,W] (their logit is recovered, |logit| <= 16).
+    Returns:
+        prototypes [B,D] (unit rows, zero rows without foreground), valid [B] bool, foreground [B,H,W] bool.
+    """
+    logit = torch.logit(saliency.float(), eps=1e-7)
+    foreground = logit > logit_threshold
+    weight = torch.where(foreground, logit if logit_weighted else torch.ones_like(logit), torch.zeros_like(logit))
+    sums = torch.einsum("bdhw,bhw->bd", features.float(), weight)
+    return F.normalize(sums, dim=1), foreground.flatten(1).any(1), foreground

@@ -31,6 +31,7 @@ from usgs.nets.kmeans import assign, kmeans
 # Backbone stages in forward order; ``frozen_stages=n`` freezes the first n.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+FEATURE_LAYERS = ("embedding", "projection", "decoder")
 
 
 def _frozen_modules(net: DeepLabV3, frozen_stages: int) -> list[nn.Module]:
@@ -116,13 +117,26 @@ class MaskContrast(SegmentationModule):
         return self
 
     # --- embeddings ------------------------------------------------------------------------------
-    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """image [B,3,H,W] -> (L2-normalised embeddings [B,D,H,W], saliency logits [B,H,W])."""
+    def layer_features(self, image: Tensor, layer: str = "embedding") -> tuple[Tensor, Tensor]:
+        """image [B,3,H,W] -> (features [B,C,H,W] of ``layer``, saliency logits [B,H,W]), upsampled.
+
+        Layers: "embedding" (L2-normalised projection, D channels: what training contrasts),
+        "projection" (the raw projection, D channels: what the original's k-means and retrieval read),
+        "decoder" (the head's 256-channel features before the projection: what the original's
+        linear probe reads, ``segmentation/linear_finetune.py``).
+        """
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"Unknown layer {layer!r}; valid: {', '.join(FEATURE_LAYERS)}")
         features = self.net.features(image)
         size = image.shape[-2:]
-        emb = F.interpolate(self.net.head.classifier(features), size=size, mode="bilinear", align_corners=False)
         sal = F.interpolate(self.saliency_head(features), size=size, mode="bilinear", align_corners=False)
-        return F.normalize(emb, dim=1), sal[:, 0]
+        out = features if layer == "decoder" else self.net.head.classifier(features)
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return (F.normalize(out, dim=1) if layer == "embedding" else out), sal[:, 0]
+
+    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """image [B,3,H,W] -> (L2-normalised embeddings [B,D,H,W], saliency logits [B,H,W])."""
+        return self.layer_features(image, "embedding")
 
     @torch.no_grad()
     def key_prototypes(self, key_image: Tensor, saliency: Tensor) -> tuple[Tensor, Tensor]:
