@@ -155,9 +155,16 @@ class KMeansEvaluation:
         image_clusters: list[Tensor] = []
         if has_saliency:
             all_protos, all_valid = torch.cat(protos), torch.cat(valid)
-            transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
-            image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
-                              for c in centers]
+            n_salient = int(all_valid.sum())
+            if n_salient < max(num_classes - 1, 2):  # e.g. an untrained saliency head
+                log.warning("kmeans: only %d images have a salient pixel (logit > %s); too few for k = %d: "
+                            "every salient pixel gets cluster 1", n_salient, self.logit_threshold,
+                            num_classes - 1)
+                image_clusters = [torch.zeros(all_protos.shape[0], dtype=torch.long) for _ in self.seeds]
+            else:
+                transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
+                image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
+                                  for c in centers]
         if self.pixels:
             pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, device)
 
