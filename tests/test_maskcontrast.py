@@ -183,6 +183,33 @@ def test_key_view_and_its_mask_make_the_prototypes() -> None:
     assert torch.allclose(module.queue.queue[0], expected[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("gather", [True, False])
+def test_gather_prototypes_option_picks_the_candidates(gather: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import usgs.methods.maskcontrast as mc
+
+    # Simulate a second process (rank 1) whose 2 images come first in the gathered batch.
+    other = F.normalize(torch.ones(2, 8), dim=1)
+    monkeypatch.setattr(mc, "all_gather_cat", lambda x: torch.cat([x.new_ones(2, *x.shape[1:]) if x.dim() == 1
+                                                                   else other.to(x.dtype), x]))
+    monkeypatch.setattr(mc, "gathered_offset", lambda n, device: 2)
+    seen = {}
+    real = mc.contrastive_logits
+
+    def spy(query, saliency, prototypes, valid, queue, temperature, offset):
+        seen.update(n=prototypes.shape[0], offset=offset)
+        return real(query, saliency, prototypes, valid, queue, temperature, offset)
+
+    monkeypatch.setattr(mc, "contrastive_logits", spy)
+    module = tiny_module(gather_prototypes=gather)
+    sal = torch.zeros(3, 16, 16, dtype=torch.long)
+    sal[:, :8] = 1
+    module.train()
+    module.training_step({"image": torch.randn(3, 3, 16, 16), "saliency": sal}, 0)
+    # gathered: 2 + 3 candidates, own images from row 2; the original's: its own 3 from row 0
+    assert seen == ({"n": 5, "offset": 2} if gather else {"n": 3, "offset": 0})
+    assert int(module.queue.pointer) == 5  # the queue receives every process's prototypes either way
+
+
 def test_photometric_augment_identity_and_grayscale() -> None:
     torch.manual_seed(0)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

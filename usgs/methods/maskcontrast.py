@@ -75,6 +75,8 @@ class MaskContrast(SegmentationModule):
             BN statistics included (the original's ``freeze_layers: True`` is 3: stem, layer1, layer2).
         enet_weights: weight the pixel cross-entropy by E-Net class weights ``1 / ln(1.02 + p_b)``,
             p_b = share of the batch's query pixels that belong to image b (the original's).
+        gather_prototypes: with several processes, contrast against the batch prototypes of all of
+            them (ours) or of this process only (the original's); no effect on one process.
         shuffle_bn: MoCo shuffled BN for the key encoder across processes (no-op on one process).
         augment: photometric augmentation applied independently to the two views.
     """
@@ -83,7 +85,7 @@ class MaskContrast(SegmentationModule):
                  poly_power: float = 0.9, saliency_key: str = "saliency", momentum: float = 0.999,
                  queue_size: int = 128, temperature: float = 0.5, saliency_weight: float = 1.0,
                  frozen_stages: int = 0, shuffle_bn: bool = True, augment: PhotometricAugment | None = None,
-                 enet_weights: bool = True, **base: Any) -> None:
+                 enet_weights: bool = True, gather_prototypes: bool = True, **base: Any) -> None:
         base.setdefault("matching", "hungarian")
         super().__init__(num_classes, optimizer, poly_power, **base)
         if not 0 <= frozen_stages <= len(STAGES):
@@ -108,6 +110,7 @@ class MaskContrast(SegmentationModule):
         for module in self.frozen:
             module.requires_grad_(False)
         self.enet_weights = enet_weights
+        self.gather_prototypes = gather_prototypes
         self.centroids: Tensor | None = None
 
     def train(self, mode: bool = True) -> MaskContrast:
@@ -168,11 +171,17 @@ class MaskContrast(SegmentationModule):
         protos, valid = self.key_prototypes(self.augment(key_image), key_saliency)
         all_protos = all_gather_cat(protos)
         all_valid = all_gather_cat(valid.to(torch.uint8)).bool()
-        offset = gathered_offset(image.shape[0], image.device)
+        # gather_prototypes: every process's batch prototypes are candidates (ours); else this
+        # process's only, as the original's builder.py (the queue receives all of them either way).
+        if self.gather_prototypes:
+            candidates, candidate_valid = all_protos, all_valid
+            offset = gathered_offset(image.shape[0], image.device)
+        else:
+            candidates, candidate_valid, offset = protos, valid, 0
         # A query pixel needs its own image's prototype: images whose key view has no foreground
         # give no query pixel.
         query_saliency = torch.where(valid.view(-1, 1, 1), saliency, torch.zeros_like(saliency))
-        logits, target = contrastive_logits(query, query_saliency, all_protos, all_valid,
+        logits, target = contrastive_logits(query, query_saliency, candidates, candidate_valid,
                                             self.queue.queue.clone(), self.temperature, offset)
         weight = enet_class_weights(target, logits.shape[1]).to(logits.dtype) if self.enet_weights else None
         contrast = F.cross_entropy(logits, target, weight=weight) if target.numel() else query.sum() * 0.0
