@@ -203,6 +203,29 @@ def test_retrieval_from_predicted_saliency_hand_computed() -> None:
     assert subset.scores["saliency_segments"]["miou"] == [pytest.approx(6 / 9)]  # background left out
 
 
+def test_kmeans_prototypes_threshold_the_saliency_logit_at_half() -> None:
+    # 4 images, 4x4: object (class 1) in the top-left 2x2 at logit 5; a ring of 5 background
+    # pixels around it at logit 0.3 (probability 0.57): salient for "p > 0.5", not for "logit > 0.5"
+    ring = torch.zeros(4, 4, dtype=torch.bool)
+    ring[:3, :3] = True
+    ring[:2, :2] = False
+    sal = torch.full((4, 4), -5.0)
+    sal[ring] = 0.3
+    sal[:2, :2] = 5.0
+    masks = torch.zeros(4, 4, 4, dtype=torch.long)
+    masks[:, :2, :2] = 1
+    images = torch.zeros(4, 3, 4, 4)
+    images[:, 0, 0, 0] = torch.arange(4.0)
+    module = LookupModule(torch.eye(4)[:, :2] + 1.0, sal.expand(4, 4, 4))
+    source = FeatureSource(module, [{"image": images, "mask": masks}], torch.device("cpu"))
+    default = KMeansEvaluation(seeds=(0,), pixels=False, pca_whiten=False).run(source, source, 2, ["bg", "obj"])
+    assert default.scores["prototypes"]["miou"] == [pytest.approx(1.0)]
+    loose = KMeansEvaluation(seeds=(0,), pixels=False, pca_whiten=False, logit_threshold=0.0)
+    scores = loose.run(source, source, 2, ["bg", "obj"]).scores["prototypes"]
+    # per image: object 4 px, ring 5 px predicted object, 7 px background: obj 4/9, bg 7/12
+    assert scores["iou"] == [pytest.approx(7 / 12), pytest.approx(4 / 9)]
+
+
 def test_decoder_layer_is_the_head_features_before_the_projection() -> None:
     from usgs.methods.maskcontrast import MaskContrast
     from usgs.nets.deeplab import DeepLabV3
