@@ -60,7 +60,7 @@ class MaskContrast(SegmentationModule):
     Validation (cheap, no extra pass): k-means (k = num_classes - 1) of the queued prototypes gives
     centroids; each image's predicted-saliency prototype takes its nearest centroid (ids 1..k), the
     background is 0, and the base class Hungarian-matches the num_classes ids to the classes. It is
-    the paper's k-means protocol with the training queue as the prototype set; ``evaluate.py
+    a cheap stand-in (ours) for the k-means protocol, the training queue as the prototype set; ``evaluate.py
     task=kmeans`` runs the full protocol (PCA whitening, 5 seeds).
 
     Args:
