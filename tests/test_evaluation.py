@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usgs.evaluation.clustering import KMeansEvaluation, kmeans_large, pca_whitening, whiten
-from usgs.evaluation.features import FeatureSource
+from usgs.evaluation.features import FeatureSource, salient_prototypes
 from usgs.evaluation.linear_probe import LinearProbe, fit_linear, sample_pixels
 from usgs.evaluation.report import TaskResult, mapped, markdown_table, mask_predictions
-from usgs.evaluation.retrieval import SegmentRetrieval, segment_prototypes, vote
+from usgs.evaluation.retrieval import SegmentRetrieval, majority_label, segment_prototypes, vote
 
 NUM_CLASSES = 4
 PERMUTATION = torch.tensor([2, 0, 3, 1])  # class c is embedded as one-hot axis PERMUTATION[c]
@@ -131,12 +131,116 @@ def test_kmeans_protocols_recover_the_classes_up_to_permutation() -> None:
 
 def test_retrieval_on_oracle_features_and_subset() -> None:
     train, evaluation = sources()
-    result = SegmentRetrieval(k=3).run(train, evaluation, NUM_CLASSES, list("abcd"))
-    assert result.scores["segments"]["miou"] == [1.0]
-    subset = SegmentRetrieval(k=1, classes=["d", "b"]).run(train, evaluation, NUM_CLASSES, list("abcd"))
-    assert subset.class_names == ["d", "b"] and subset.scores["segments"]["miou"] == [1.0]
+    for segments, variant in (("oracle", "oracle_segments"), ("saliency", "saliency_segments")):
+        result = SegmentRetrieval(k=3, segments=segments).run(train, evaluation, NUM_CLASSES, list("abcd"))
+        assert result.scores[variant]["miou"] == [1.0]
+    subset = SegmentRetrieval(k=1, classes=["d", "b"], segments="oracle").run(
+        train, evaluation, NUM_CLASSES, list("abcd"))
+    assert subset.class_names == ["d", "b"] and subset.scores["oracle_segments"]["miou"] == [1.0]
     with pytest.raises(ValueError, match="valid"):
         SegmentRetrieval(classes=["zebra"]).run(train, evaluation, NUM_CLASSES, list("abcd"))
+
+
+def test_salient_prototypes_weight_by_the_logit_above_threshold() -> None:
+    feats = torch.tensor([[[[1.0, 0.0], [0.0, 5.0]], [[0.0, 1.0], [3.0, 5.0]]]])  # [1,2,2,2]
+    logits = torch.tensor([[[2.0, 0.4], [1.0, -3.0]]])  # pixels (0,0) and (1,0) exceed 0.5
+    protos, valid, fg = salient_prototypes(feats, torch.sigmoid(logits))
+    # 2 * (1, 0) + 1 * (0, 3) = (2, 3), normalised
+    assert torch.allclose(protos[0], torch.tensor([2.0, 3.0]) / math.sqrt(13), atol=1e-5)
+    assert fg.tolist() == [[[True, False], [True, False]]] and valid.tolist() == [True]
+    plain, _, fg0 = salient_prototypes(feats, torch.sigmoid(logits), logit_threshold=0.0, logit_weighted=False)
+    # probability > 0.5: pixels (0,0), (0,1), (1,0) -> (1, 0) + (0, 1) + (0, 3) = (1, 4)
+    assert torch.allclose(plain[0], torch.tensor([1.0, 4.0]) / math.sqrt(17), atol=1e-5)
+
+
+def test_majority_label_excludes_background_and_breaks_ties_upwards() -> None:
+    target = torch.tensor([[0, 0, 0, 2], [1, 2, 1, 255]])
+    region = torch.ones(2, 4, dtype=torch.bool)
+    assert majority_label(target, region, excluded=[0, 255]) == 2  # 1 and 2 tie at 2 pixels: larger id
+    assert majority_label(target, region, excluded=[255]) == 0
+    assert majority_label(target, target == 0, excluded=[0, 255]) is None
+
+
+class LookupModule(nn.Module):
+    """Per-image constant embedding and a per-image saliency logit map, looked up by image index."""
+
+    def __init__(self, emb: Tensor, sal: Tensor) -> None:
+        super().__init__()
+        self.emb, self.sal = emb, sal
+
+    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        index = image[:, 0, 0, 0].round().long()
+        h, w = image.shape[-2:]
+        return self.emb[index].view(len(index), -1, 1, 1).expand(-1, -1, h, w), self.sal[index]
+
+
+def test_retrieval_from_predicted_saliency_hand_computed() -> None:
+    names = ["background", "cat", "dog"]
+    top = torch.zeros(4, 4, dtype=torch.bool)
+    top[:2] = True
+    sal = torch.where(top, 5.0, -5.0).expand(4, 4, 4)  # every image: the top two rows are salient
+    emb = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.8, 0.2], [0.8, 0.2]])  # train 0, 1, 2; eval 3
+    masks = torch.zeros(4, 4, 4, dtype=torch.long)
+    masks[0, 0, :] = 1
+    masks[0, 1, :1] = 1
+    masks[0, 1, 1:] = 2  # train 0: 5 cat, 3 dog in the salient rows -> "cat"
+    masks[1, :2] = 2  # train 1: dog
+    # train 2: only background under its saliency -> not in the database (it would be the nearest)
+    masks[3, :2, :3] = 1  # eval: 6 cat pixels inside the segment, 2 background
+    masks[3, 3, 0] = 1  # and 1 cat pixel outside it
+    images = torch.zeros(4, 3, 4, 4)
+    images[:, 0, 0, 0] = torch.arange(4.0)
+    module = LookupModule(emb, sal)
+    train = FeatureSource(module, [{"image": images[:3], "mask": masks[:3]}], torch.device("cpu"))
+    evaluation = FeatureSource(module, [{"image": images[3:], "mask": masks[3:]}], torch.device("cpu"))
+    result = SegmentRetrieval().run(train, evaluation, 3, names)
+    # prediction: top rows cat, rest background. cat: TP 6, FP 2, FN 1 -> 6/9; background: TP 7, FP 1,
+    # FN 2 -> 7/10; dog absent from both (NaN, left out)
+    iou = result.scores["saliency_segments"]["iou"]
+    assert iou[0] == pytest.approx(0.7) and iou[1] == pytest.approx(6 / 9) and math.isnan(iou[2])
+    assert result.scores["saliency_segments"]["miou"] == [pytest.approx((0.7 + 6 / 9) / 2)]
+    subset = SegmentRetrieval(classes=["cat", "dog"]).run(train, evaluation, 3, names)
+    assert subset.scores["saliency_segments"]["miou"] == [pytest.approx(6 / 9)]  # background left out
+
+
+def test_kmeans_prototypes_threshold_the_saliency_logit_at_half() -> None:
+    # 4 images, 4x4: object (class 1) in the top-left 2x2 at logit 5; a ring of 5 background
+    # pixels around it at logit 0.3 (probability 0.57): salient for "p > 0.5", not for "logit > 0.5"
+    ring = torch.zeros(4, 4, dtype=torch.bool)
+    ring[:3, :3] = True
+    ring[:2, :2] = False
+    sal = torch.full((4, 4), -5.0)
+    sal[ring] = 0.3
+    sal[:2, :2] = 5.0
+    masks = torch.zeros(4, 4, 4, dtype=torch.long)
+    masks[:, :2, :2] = 1
+    images = torch.zeros(4, 3, 4, 4)
+    images[:, 0, 0, 0] = torch.arange(4.0)
+    module = LookupModule(torch.eye(4)[:, :2] + 1.0, sal.expand(4, 4, 4))
+    source = FeatureSource(module, [{"image": images, "mask": masks}], torch.device("cpu"))
+    default = KMeansEvaluation(seeds=(0,), pixels=False, pca_whiten=False).run(source, source, 2, ["bg", "obj"])
+    assert default.scores["prototypes"]["miou"] == [pytest.approx(1.0)]
+    loose = KMeansEvaluation(seeds=(0,), pixels=False, pca_whiten=False, logit_threshold=0.0)
+    scores = loose.run(source, source, 2, ["bg", "obj"]).scores["prototypes"]
+    # per image: object 4 px, ring 5 px predicted object, 7 px background: obj 4/9, bg 7/12
+    assert scores["iou"] == [pytest.approx(7 / 12), pytest.approx(4 / 9)]
+
+
+def test_decoder_layer_is_the_head_features_before_the_projection() -> None:
+    from usgs.methods.maskcontrast import MaskContrast
+    from usgs.nets.deeplab import DeepLabV3
+
+    torch.manual_seed(0)
+    net = DeepLabV3(num_classes=8, backbone="resnet18", aspp_rates=(1, 2), head_channels=16, dropout=0.0)
+    module = MaskContrast(net, num_classes=3).eval()
+    image = torch.randn(2, 3, 16, 16)
+    source = FeatureSource(module, [{"image": image, "mask": torch.zeros(2, 16, 16, dtype=torch.long)}],
+                           torch.device("cpu"), layer="decoder")
+    (_, out), = list(source)
+    with torch.no_grad():
+        expected = F.interpolate(net.features(image), size=(16, 16), mode="bilinear", align_corners=False)
+    assert out.features.shape == (2, 16, 16, 16) and torch.allclose(out.features, expected, atol=1e-5)
+    assert LinearProbe().layer == "decoder" and KMeansEvaluation().layer == "projection"
 
 
 def test_report_statistics_tables_and_mapping() -> None:

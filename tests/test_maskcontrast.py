@@ -19,6 +19,7 @@ from usgs.methods.contrastive import (
     all_gather_cat,
     balanced_bce,
     contrastive_logits,
+    enet_class_weights,
     gathered_offset,
     mask_prototypes,
     shuffle_batch,
@@ -74,6 +75,40 @@ def test_contrastive_logits_targets_offset_and_masking() -> None:
     assert torch.equal(logits, expected.expand(3, -1))
 
 
+def test_enet_class_weights_formula() -> None:
+    target = torch.tensor([0, 0, 0, 2])  # 4 query pixels: 3 of image 0, 1 of image 2, none of 1 and 3
+    w = enet_class_weights(target, 4)
+    expected = [1 / math.log(1.02 + 0.75), 1 / math.log(1.02), 1 / math.log(1.02 + 0.25), 1 / math.log(1.02)]
+    assert torch.allclose(w, torch.tensor(expected))
+
+
+def test_training_loss_uses_enet_weighted_cross_entropy() -> None:
+    torch.manual_seed(0)
+    module = tiny_module(momentum=0.0, saliency_weight=0.0)
+    module.augment = PhotometricAugment(jitter_p=0.0, gray_p=0.0)
+    image = torch.randn(2, 3, 16, 16)
+    sal = torch.zeros(2, 16, 16, dtype=torch.long)
+    sal[0, :12] = 1  # 192 query pixels
+    sal[1, 2:6, 2:6] = 1  # 16 query pixels: the E-Net weight lifts them
+    module.train()
+    queue = module.queue.queue.clone()
+    loss = module.training_step({"image": image, "saliency": sal}, 0)
+    # Recompute by hand: per-pixel -log softmax at the own prototype, weighted mean over pixels.
+    module.queue.queue.copy_(queue)
+    with torch.no_grad():
+        view = module.augment(image)  # deterministic without jitter (clamps to the valid range)
+        query = module.embed(view)[0]
+        protos, _ = module.key_prototypes(view, sal)
+        nll = []
+        for b in range(2):
+            pix = query[b].permute(1, 2, 0)[sal[b] == 1]
+            logits = torch.cat([pix @ protos.t(), pix @ queue.t()], 1) / module.temperature
+            nll.append(-logits.log_softmax(1)[:, b])
+        w = [1 / math.log(1.02 + 192 / 208), 1 / math.log(1.02 + 16 / 208)]
+        expected = (w[0] * nll[0].sum() + w[1] * nll[1].sum()) / (192 * w[0] + 16 * w[1])
+    assert torch.allclose(loss.detach(), expected, atol=1e-5)
+
+
 def test_balanced_bce_matches_hand_formula() -> None:
     logits = torch.tensor([[0.0, 2.0, -1.0, 5.0]])
     target = torch.tensor([[1, 0, 0, 255]])
@@ -112,6 +147,67 @@ def test_transform_redraws_crops_without_foreground() -> None:
     )
     with pytest.raises(KeyError, match="prior"):
         MaskContrastTransform(saliency_key="prior")({"image": image, "saliency": sal})
+
+
+def test_transform_draws_independent_key_view() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    sal = np.zeros((48, 48), np.uint8)
+    sal[10:30, 5:40] = 1
+    transform = MaskContrastTransform(crop_size=24, scale=(0.2, 0.5))
+    torch.manual_seed(0)
+    outs = [transform({"image": image, "saliency": sal}) for _ in range(5)]
+    for out in outs:
+        assert out["image2"].shape == (3, 24, 24) and out["saliency2"].shape == (24, 24)
+        assert 0.01 < foreground_fraction(out["saliency2"].numpy()) < 0.99
+    from usgs.data.transforms import normalize
+    # own crops: the key view differs from the query view (in at least one of 5 draws)
+    assert any(not torch.equal(normalize(o["image"]), o["image2"]) for o in outs)
+    shared = MaskContrastTransform(crop_size=24, scale=(0.2, 0.5), independent_views=False)
+    assert "image2" not in shared({"image": image, "saliency": sal})
+
+
+def test_key_view_and_its_mask_make_the_prototypes() -> None:
+    module = tiny_module(momentum=0.0)
+    module.augment = PhotometricAugment(jitter_p=0.0, gray_p=0.0)
+    image, key_image = torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16)
+    sal = torch.zeros(2, 16, 16, dtype=torch.long)
+    sal[:, :8] = 1
+    key_sal = torch.zeros(2, 16, 16, dtype=torch.long)
+    key_sal[0, 8:] = 1  # image 1's key view has no foreground: no prototype, no query pixel
+    module.train()
+    loss = module.training_step({"image": image, "saliency": sal, "image2": key_image, "saliency2": key_sal}, 0)
+    assert torch.isfinite(loss)
+    assert int(module.queue.pointer) == 1
+    expected, _ = module.key_prototypes(module.augment(key_image), key_sal)
+    assert torch.allclose(module.queue.queue[0], expected[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("gather", [True, False])
+def test_gather_prototypes_option_picks_the_candidates(gather: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import usgs.methods.maskcontrast as mc
+
+    # Simulate a second process (rank 1) whose 2 images come first in the gathered batch.
+    other = F.normalize(torch.ones(2, 8), dim=1)
+    monkeypatch.setattr(mc, "all_gather_cat", lambda x: torch.cat([x.new_ones(2, *x.shape[1:]) if x.dim() == 1
+                                                                   else other.to(x.dtype), x]))
+    monkeypatch.setattr(mc, "gathered_offset", lambda n, device: 2)
+    seen = {}
+    real = mc.contrastive_logits
+
+    def spy(query, saliency, prototypes, valid, queue, temperature, offset):
+        seen.update(n=prototypes.shape[0], offset=offset)
+        return real(query, saliency, prototypes, valid, queue, temperature, offset)
+
+    monkeypatch.setattr(mc, "contrastive_logits", spy)
+    module = tiny_module(gather_prototypes=gather)
+    sal = torch.zeros(3, 16, 16, dtype=torch.long)
+    sal[:, :8] = 1
+    module.train()
+    module.training_step({"image": torch.randn(3, 3, 16, 16), "saliency": sal}, 0)
+    # gathered: 2 + 3 candidates, own images from row 2; the original's: its own 3 from row 0
+    assert seen == ({"n": 5, "offset": 2} if gather else {"n": 3, "offset": 0})
+    assert int(module.queue.pointer) == 5  # the queue receives every process's prototypes either way
 
 
 def test_photometric_augment_identity_and_grayscale() -> None:
@@ -158,6 +254,12 @@ def test_frozen_stages_and_predict_range() -> None:
     assert all(p.requires_grad for p in module.net.backbone.layer2.parameters())
     module.train()
     assert not module.net.backbone.bn1.training and module.net.backbone.layer2.training
+    # the key encoder's frozen stages stay in eval mode too (original: freeze_layers on model_k)
+    assert not module.key_net.backbone.bn1.training and not module.key_net.backbone.layer1.training
+    assert module.key_net.backbone.layer2.training
+    running = module.key_net.backbone.bn1.running_mean.clone()
+    module.key_prototypes(torch.randn(2, 3, 16, 16), torch.ones(2, 16, 16, dtype=torch.long))
+    assert torch.equal(module.key_net.backbone.bn1.running_mean, running)
     trainable = {id(p) for g in module.param_groups() for p in g["params"]}
     assert not trainable & {id(p) for p in module.key_net.parameters()}
     module.eval()

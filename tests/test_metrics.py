@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import socket
 
@@ -61,6 +62,26 @@ def test_majority_vote_with_more_clusters_than_classes() -> None:
     hungarian = scores_from_confmat(confmat, "hungarian")
     assert (hungarian["mapping"] >= 0).sum() == 2  # two clusters stay unmatched
     assert hungarian["mapping"].tolist() == [0, -1, 1, -1]
+
+
+def test_hungarian_iou_maximises_the_summed_iou() -> None:
+    # rows = clusters, columns = classes; here the count and the IoU optimum differ
+    confmat = torch.tensor([[2, 0, 0], [8, 4, 1], [9, 1, 9]])
+    rows, cols = confmat.sum(1).tolist(), confmat.sum(0).tolist()
+
+    def iou(k: int, c: int) -> float:  # n_kc / (n_k. + n_.c - n_kc), written out
+        n = int(confmat[k, c])
+        return n / (rows[k] + cols[c] - n)
+
+    perms = list(itertools.permutations(range(3)))
+    best_iou = max(perms, key=lambda p: sum(iou(k, p[k]) for k in range(3)))
+    best_count = max(perms, key=lambda p: sum(int(confmat[k, p[k]]) for k in range(3)))
+    assert best_iou != best_count
+    assert match_clusters(confmat, "hungarian_iou").tolist() == list(best_iou)
+    assert match_clusters(confmat, "hungarian").tolist() == list(best_count)
+    metric = SegmentationMetric(3, matching="hungarian_iou")
+    metric.confmat += confmat
+    assert metric.compute()["mapping"].tolist() == list(best_iou)
 
 
 def test_bad_inputs_raise_clear_errors() -> None:

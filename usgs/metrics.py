@@ -2,8 +2,11 @@
 
 Every mIoU in usgs (training, evaluation, prior reports) comes from :class:`SegmentationMetric`, so
 numbers of different methods are comparable. Cluster outputs are matched to classes by the
-Hungarian algorithm (clusters = classes, as in STEGO / PiCIE / MaskContrast) or by majority vote
-(clusters > classes, each cluster takes its most frequent class).
+Hungarian algorithm (clusters = classes, as in STEGO / PiCIE / MaskContrast) on the pixel counts
+("hungarian": maximises the matched pixels) or on the cluster-class IoU matrix ("hungarian_iou":
+maximises the summed IoU, MaskContrast's ``_hungarian_match(metric='iou')`` in
+``segmentation/utils/kmeans_utils.py``), or by majority vote (clusters > classes, each cluster takes
+its most frequent class).
 """
 
 from __future__ import annotations
@@ -16,8 +19,16 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchmetrics import Metric
 
-Matching = Literal["none", "hungarian", "majority"]
-MATCHINGS: tuple[str, ...] = ("none", "hungarian", "majority")
+Matching = Literal["none", "hungarian", "hungarian_iou", "majority"]
+MATCHINGS: tuple[str, ...] = ("none", "hungarian", "hungarian_iou", "majority")
+
+
+def iou_matrix(confmat: Tensor) -> Tensor:
+    """IoU of every (prediction id k, class c) pair from a ``[K, C]`` count matrix:
+    ``n_kc / (n_k. + n_.c - n_kc)``, 0 where both are empty."""
+    confmat = confmat.double()
+    union = confmat.sum(1, keepdim=True) + confmat.sum(0, keepdim=True) - confmat
+    return torch.where(union > 0, confmat / union.clamp(min=1), torch.zeros_like(confmat))
 
 
 def match_clusters(confmat: Tensor, matching: Matching) -> Tensor:
@@ -33,8 +44,9 @@ def match_clusters(confmat: Tensor, matching: Matching) -> Tensor:
         return torch.arange(k)
     if matching == "majority":
         return confmat.argmax(dim=1).cpu()
-    if matching == "hungarian":
-        rows, cols = linear_sum_assignment(confmat.cpu().double().numpy(), maximize=True)
+    if matching in ("hungarian", "hungarian_iou"):
+        gain = iou_matrix(confmat) if matching == "hungarian_iou" else confmat.double()
+        rows, cols = linear_sum_assignment(gain.cpu().numpy(), maximize=True)
         mapping = np.full(k, -1, dtype=np.int64)
         mapping[rows] = cols
         return torch.from_numpy(mapping)

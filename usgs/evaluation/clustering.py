@@ -1,11 +1,13 @@
 """k-means evaluation of dense features (MaskContrast's protocol and a pixel-level variant).
 
-* ``prototypes`` (Van Gansbeke et al., ICCV 2021, Sec. 4.2): one prototype per image, the mean
-  embedding where the predicted saliency > 0.5 (normalised); prototypes are PCA-whitened and
-  clustered into k = num_classes - 1 groups; a salient pixel takes its image's cluster id + 1, every
-  other pixel the fixed background id 0. The num_classes ids are Hungarian-matched to the classes.
-* ``pixels``: k-means (k = num_classes) over sampled pixel embeddings of the split (whitened the same
-  way), every pixel assigned to its nearest centre, Hungarian-matched.
+* ``prototypes`` (Van Gansbeke et al., ICCV 2021, Sec. 4.2; ``segmentation/utils/kmeans_utils.py``):
+  one prototype per image, the sum of the raw projection features weighted by the saliency logit
+  where the logit > 0.5 (normalised, :func:`salient_prototypes`); prototypes are PCA-whitened and
+  clustered into k = num_classes - 1 groups; a pixel with logit > 0.5 takes its image's cluster
+  id + 1, every other pixel the fixed background id 0. The num_classes ids are Hungarian-matched to
+  the classes on the IoU matrix (``matching="hungarian_iou"``, the original's).
+* ``pixels``: k-means (k = num_classes) over sampled, per-pixel normalised embeddings of the split
+  (whitened the same way), every pixel assigned to its nearest centre, Hungarian-matched.
 
 Both are fitted on the evaluated split itself (the usual transductive protocol) for every seed and
 reported as mean and std over seeds. k-means is the suite's torch implementation (on the
@@ -21,11 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usgs.evaluation.features import FeatureSource
+from usgs.evaluation.features import FeatureSource, salient_prototypes
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
-from usgs.methods.contrastive import mask_prototypes
 from usgs.methods.dense_outputs import DenseOutputs
-from usgs.metrics import SegmentationMetric
+from usgs.metrics import Matching, SegmentationMetric
 from usgs.nets.kmeans import KMeansResult, kmeans
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,21 @@ class KMeansEvaluation:
         pixels: also run the pixel-level variant.
         pixels_per_image: pixels sampled per image to fit the pixel-level k-means.
         iters: k-means iterations.
+        layer: features read (:func:`usgs.methods.dense_outputs.dense_outputs`); "projection" = the
+            raw embedding, as the original.
+        logit_threshold: a pixel is salient when its saliency logit exceeds this (original 0.5;
+            0 = probability > 0.5).
+        logit_weighted: weight the prototype's pixels by their saliency logit (the original).
+        matching: cluster-to-class matching of :class:`SegmentationMetric` ("hungarian_iou" =
+            the original's IoU-matrix Hungarian; "hungarian" maximises matched pixels).
     """
 
     name = "kmeans"
 
     def __init__(self, seeds: Sequence[int] = (0, 1, 2, 3, 4), pca_whiten: bool = True,
-                 pixels: bool = True, pixels_per_image: int = 1000, iters: int = 100) -> None:
+                 pixels: bool = True, pixels_per_image: int = 1000, iters: int = 100,
+                 layer: str = "projection", logit_threshold: float = 0.5, logit_weighted: bool = True,
+                 matching: Matching = "hungarian_iou") -> None:
         if not seeds:
             raise ValueError("kmeans evaluation needs at least one seed")
         self.seeds = tuple(int(s) for s in seeds)
@@ -104,13 +114,14 @@ class KMeansEvaluation:
         self.pixels = pixels
         self.pixels_per_image = pixels_per_image
         self.iters = iters
+        self.layer = layer
+        self.logit_threshold = logit_threshold
+        self.logit_weighted = logit_weighted
+        self.matching: Matching = matching
 
-    @staticmethod
-    def _foreground(out: DenseOutputs) -> Tensor:
-        # Saliency probability > 0.5 (the paper's threshold); predictions below use the same rule
-        # through the argmax of (1 - s, s).
+    def _prototypes(self, out: DenseOutputs) -> tuple[Tensor, Tensor, Tensor]:
         assert out.saliency is not None
-        return (out.saliency > 0.5).long()
+        return salient_prototypes(out.features, out.saliency, self.logit_threshold, self.logit_weighted)
 
     def _fit(self, x: Tensor, k: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
         if x.shape[0] < k:
@@ -132,11 +143,11 @@ class KMeansEvaluation:
         for _, out in evaluation:
             has_saliency = has_saliency and out.saliency is not None
             if has_saliency:
-                p, v = mask_prototypes(out.features, self._foreground(out))
+                p, v, _ = self._prototypes(out)
                 protos.append(p)
                 valid.append(v)
             if self.pixels:
-                pixel_samples.append(_sample(out.features, self.pixels_per_image, generator))
+                pixel_samples.append(_sample(F.normalize(out.features, dim=1), self.pixels_per_image, generator))
         if not has_saliency:
             log.warning("kmeans: the module predicts no saliency; only the pixel-level variant is run")
         if not has_saliency and not self.pixels:
@@ -144,15 +155,22 @@ class KMeansEvaluation:
         image_clusters: list[Tensor] = []
         if has_saliency:
             all_protos, all_valid = torch.cat(protos), torch.cat(valid)
-            transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
-            image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
-                              for c in centers]
+            n_salient = int(all_valid.sum())
+            if n_salient < max(num_classes - 1, 2):  # e.g. an untrained saliency head
+                log.warning("kmeans: only %d images have a salient pixel (logit > %s); too few for k = %d: "
+                            "every salient pixel gets cluster 1", n_salient, self.logit_threshold,
+                            num_classes - 1)
+                image_clusters = [torch.zeros(all_protos.shape[0], dtype=torch.long) for _ in self.seeds]
+            else:
+                transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
+                image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
+                                  for c in centers]
         if self.pixels:
             pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, device)
 
         result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
         variants = (["prototypes"] if has_saliency else []) + (["pixels"] if self.pixels else [])
-        metrics = {v: [SegmentationMetric(num_classes, num_classes, "hungarian") for _ in self.seeds]
+        metrics = {v: [SegmentationMetric(num_classes, num_classes, self.matching) for _ in self.seeds]
                    for v in variants}
         start = 0
         for batch, out in evaluation:
@@ -161,16 +179,18 @@ class KMeansEvaluation:
                 if has_saliency:
                     cluster = image_clusters[i][start:start + b]
                     assert out.saliency is not None
-                    probs = torch.zeros(b, num_classes, *out.saliency.shape[1:])
-                    probs[:, 0] = 1.0 - out.saliency
-                    probs.scatter_(1, (cluster + 1).view(b, 1, 1, 1).expand(-1, 1, *out.saliency.shape[1:]),
-                                   out.saliency.unsqueeze(1))
+                    # foreground probability re-centred on the threshold: argmax = (logit > threshold)
+                    fg = torch.sigmoid(torch.logit(out.saliency, eps=1e-7) - self.logit_threshold)
+                    probs = torch.zeros(b, num_classes, *fg.shape[1:])
+                    probs[:, 0] = 1.0 - fg
+                    probs.scatter_(1, (cluster + 1).view(b, 1, 1, 1).expand(-1, 1, *fg.shape[1:]),
+                                   fg.unsqueeze(1))
                     pred = mask_predictions(probs, batch, refine)
                     metrics["prototypes"][i].update(pred, batch["mask"])
                     if i == 0:
                         result.add_examples("prototypes", batch, pred)
                 if self.pixels:
-                    feats = whiten(out.features.to(device).permute(0, 2, 3, 1), pixel_transform)
+                    feats = whiten(F.normalize(out.features, dim=1).to(device).permute(0, 2, 3, 1), pixel_transform)
                     sqdist = torch.cdist(feats.flatten(1, 2), pixel_centers[i].unsqueeze(0).expand(b, -1, -1)) ** 2
                     probs = F.softmax(-sqdist, dim=2).view(*feats.shape[:3], -1).permute(0, 3, 1, 2).cpu()
                     pred = mask_predictions(probs, batch, refine)

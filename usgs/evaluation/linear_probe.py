@@ -1,11 +1,14 @@
 """Linear probe: a 1x1 convolution trained with cross-entropy on frozen dense features.
 
-MaskContrast (Van Gansbeke et al., ICCV 2021, Table 2 "LC") freezes the whole network (BN included)
-and trains a 1x1 conv on its embeddings. A 1x1 conv is a per-pixel linear classifier, so it is fitted
-here on pixels sampled from the frozen features of the training split (``pixels_per_image`` labelled
-pixels per image, seeded) by full-batch L-BFGS on the convex softmax regression: the same minimiser
-as SGD over every pixel, far cheaper and without a learning-rate schedule. It is then applied to
-every pixel of the evaluation split.
+MaskContrast (Van Gansbeke et al., ICCV 2021, Table 2 "LC"; ``segmentation/linear_finetune.py``)
+freezes the whole network in eval mode (``freeze_batchnorm: 'all'``) and replaces the decoder's last
+layer (the 32-d projection) by a new 1x1 conv on the 256-channel decoder features: ``layer="decoder"``
+here (``layer="embedding"`` probes the L2-normalised embedding instead). A 1x1 conv is a per-pixel
+linear classifier, so it is fitted here on pixels sampled from the frozen features of the training
+split (``pixels_per_image`` labelled pixels per image, seeded) by full-batch L-BFGS on the convex
+softmax regression, where the original runs SGD (lr 0.1, 60 epochs, augmented 512 px crops): the
+same kind of minimiser, far cheaper and without a schedule. It is then applied to every pixel of
+the evaluation split.
 """
 
 from __future__ import annotations
@@ -68,13 +71,16 @@ class LinearProbe:
         weight_decay: L2 penalty of the classifier.
         max_iter: L-BFGS iterations.
         seeds: pixel-sampling seeds; the probe is refit per seed and reported as mean and std.
+        layer: features probed (:func:`usgs.methods.dense_outputs.dense_outputs`): "decoder" (the
+            original's), "embedding" or "projection".
     """
 
     name = "linear_probe"
 
     def __init__(self, pixels_per_image: int = 1000, weight_decay: float = 1e-4, max_iter: int = 200,
-                 seeds: tuple[int, ...] | list[int] = (0,)) -> None:
+                 seeds: tuple[int, ...] | list[int] = (0,), layer: str = "decoder") -> None:
         self.pixels_per_image = pixels_per_image
+        self.layer = layer
         self.weight_decay = weight_decay
         self.max_iter = max_iter
         self.seeds = tuple(seeds)

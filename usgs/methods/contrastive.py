@@ -129,6 +129,18 @@ def contrastive_logits(
     return logits, image_of_pixel + offset
 
 
+def enet_class_weights(target: Tensor, num_classes: int, c: float = 1.02) -> Tensor:
+    """E-Net class weights (Paszke et al., 2016) of one batch: ``w_c = 1 / ln(c + p_c)`` [num_classes].
+
+    ``p_c`` is the fraction of the targets [P] equal to c (0 for absent classes). MaskContrast's
+    ``pretrain/utils/train_utils.py`` weights its pixel cross-entropy this way, with the image
+    prototypes as the classes: images with few salient pixels are not drowned by large objects.
+    """
+    freq = torch.bincount(target, minlength=num_classes).to(torch.float32)
+    p_class = freq / max(int(target.numel()), 1)
+    return 1.0 / torch.log(c + p_class)
+
+
 def balanced_bce(logits: Tensor, target: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Class-balanced binary cross-entropy (Xie & Tu, HED, ICCV 2015), MaskContrast's saliency loss.
 

@@ -7,24 +7,39 @@ A module exposing ``embed(image) -> (embeddings [B,D,H,W], saliency logits [B,H,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()
+
 
 @dataclass
 class DenseOutputs:
-    """features float [B,D,H,W] (L2-normalised per pixel); saliency float [B,H,W] in [0,1] or None."""
+    """features float [B,C,H,W] (L2-normalised per pixel for the "embedding" layer, raw otherwise);
+    saliency float [B,H,W] in [0,1] or None."""
 
     features: Tensor
     saliency: Tensor | None
 
 
 @torch.no_grad()
-def dense_outputs(module: nn.Module, image: Tensor) -> DenseOutputs:
-    """Features (and saliency probabilities when the module predicts them) of ``image`` [B,3,H,W]."""
+def dense_outputs(module: nn.Module, image: Tensor, layer: str = "embedding") -> DenseOutputs:
+    """Features of ``layer`` (and saliency probabilities when the module predicts them) of ``image``
+    [B,3,H,W]. Layers other than "embedding" need a module with ``layer_features(image, layer)``
+    (MaskContrast); any other module is read as below, with a warning."""
+    reader = getattr(module, "layer_features", None)
+    if layer != "embedding" and callable(reader):
+        features, sal_logits = reader(image, layer)
+        return DenseOutputs(features.float(), torch.sigmoid(sal_logits.float()))
+    if layer != "embedding" and layer not in _WARNED:
+        _WARNED.add(layer)
+        log.warning("%s has no layer_features: reading its default features instead of %r",
+                    type(module).__name__, layer)
     embed = getattr(module, "embed", None)
     if callable(embed):
         features, sal_logits = embed(image)

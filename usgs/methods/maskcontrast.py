@@ -16,6 +16,7 @@ from usgs.methods.contrastive import (
     all_gather_cat,
     balanced_bce,
     contrastive_logits,
+    enet_class_weights,
     gathered_offset,
     mask_prototypes,
     shuffle_batch,
@@ -23,12 +24,21 @@ from usgs.methods.contrastive import (
 )
 from usgs.methods.ema import ema_update
 from usgs.methods.maskcontrast_transforms import PhotometricAugment
+from usgs.methods.twin_views import SECOND_VIEW_SUFFIX
 from usgs.nets.deeplab import DeepLabV3
 from usgs.nets.kmeans import assign, kmeans
 
 # Backbone stages in forward order; ``frozen_stages=n`` freezes the first n.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+FEATURE_LAYERS = ("embedding", "projection", "decoder")
+
+
+def _frozen_modules(net: DeepLabV3, frozen_stages: int) -> list[nn.Module]:
+    """Backbone modules of the first ``frozen_stages`` of STAGES."""
+    backbone = net.backbone
+    stem = [getattr(backbone, n) for n in _STEM_MODULES if hasattr(backbone, n)] if frozen_stages else []
+    return stem + [getattr(backbone, name) for name in STAGES[1:frozen_stages]]
 
 
 class MaskContrast(SegmentationModule):
@@ -36,20 +46,21 @@ class MaskContrast(SegmentationModule):
 
     ``net`` is a :class:`DeepLabV3` whose classifier is the 1x1 projection to the D-dim embedding
     (paper: ResNet-50 OS 8, ASPP 12/24/36, 256 channels, D = 32); a bias-free 1x1 saliency head reads
-    the same 256-channel features, as in the paper's code. Per step, for query view q and key view k of
-    the same crop with saliency s [B,H,W]:
+    the same 256-channel features, as in the paper's code. Per step, for the query view q with saliency
+    s_q [B,H,W] and the key view k with s_k (``image2`` / ``<saliency_key>2`` from
+    :class:`MaskContrastTransform`; the query's own crop when the batch has no key view):
 
     * query embeddings ``e_q = normalize(net(q))`` [B,D,H,W]; key prototypes ``p_b = normalize(sum of
-      normalize(key_net(k)) over s_b == 1)`` [B,D], gathered over processes;
-    * every salient pixel of image b is classified among all batch prototypes + the queue [K,D] with
-      temperature T, target p_b (cross-entropy), plus ``saliency_weight`` x balanced BCE on the
-      saliency logits;
+      normalize(key_net(k)) over s_k,b == 1)`` [B,D], gathered over processes;
+    * every pixel of image b with s_q == 1 is classified among all batch prototypes + the queue
+      [K,D] with temperature T, target p_b (cross-entropy with E-Net class weights), plus
+      ``saliency_weight`` x balanced BCE of the saliency logits against s_q;
     * the key encoder follows the query one by EMA (m = 0.999 every step); valid prototypes are queued.
 
     Validation (cheap, no extra pass): k-means (k = num_classes - 1) of the queued prototypes gives
     centroids; each image's predicted-saliency prototype takes its nearest centroid (ids 1..k), the
     background is 0, and the base class Hungarian-matches the num_classes ids to the classes. It is
-    the paper's k-means protocol with the training queue as the prototype set; ``evaluate.py
+    a cheap stand-in (ours) for the k-means protocol, the training queue as the prototype set; ``evaluate.py
     task=kmeans`` runs the full protocol (PCA whitening, 5 seeds).
 
     Args:
@@ -60,7 +71,12 @@ class MaskContrast(SegmentationModule):
         queue_size: K (128 with supervised saliency, 256 with unsupervised, in the paper).
         temperature: T = 0.5.
         saliency_weight: weight of the balanced BCE saliency loss (1 in the paper).
-        frozen_stages: freeze the first n of (stem, layer1..layer4), BN statistics included.
+        frozen_stages: freeze the first n of (stem, layer1..layer4) in the query and the key encoder,
+            BN statistics included (the original's ``freeze_layers: True`` is 3: stem, layer1, layer2).
+        enet_weights: weight the pixel cross-entropy by E-Net class weights ``1 / ln(1.02 + p_b)``,
+            p_b = share of the batch's query pixels that belong to image b (the original's).
+        gather_prototypes: with several processes, contrast against the batch prototypes of all of
+            them (ours) or of this process only (the original's); no effect on one process.
         shuffle_bn: MoCo shuffled BN for the key encoder across processes (no-op on one process).
         augment: photometric augmentation applied independently to the two views.
     """
@@ -69,7 +85,7 @@ class MaskContrast(SegmentationModule):
                  poly_power: float = 0.9, saliency_key: str = "saliency", momentum: float = 0.999,
                  queue_size: int = 128, temperature: float = 0.5, saliency_weight: float = 1.0,
                  frozen_stages: int = 0, shuffle_bn: bool = True, augment: PhotometricAugment | None = None,
-                 **base: Any) -> None:
+                 enet_weights: bool = True, gather_prototypes: bool = True, **base: Any) -> None:
         base.setdefault("matching", "hungarian")
         super().__init__(num_classes, optimizer, poly_power, **base)
         if not 0 <= frozen_stages <= len(STAGES):
@@ -88,11 +104,13 @@ class MaskContrast(SegmentationModule):
         self.saliency_weight = saliency_weight
         self.shuffle_bn = shuffle_bn
         self.augment = augment if augment is not None else PhotometricAugment()
-        self.frozen = [getattr(net.backbone, name) for name in _STEM_MODULES if hasattr(net.backbone, name)
-                       ] if frozen_stages else []
-        self.frozen += [getattr(net.backbone, name) for name in STAGES[1:frozen_stages]]
+        # The original (pretrain/utils/utils.py freeze_layers) freezes these stages in BOTH encoders:
+        # no gradient, and eval mode so that their BN statistics stay the pretrained ones.
+        self.frozen = [m for encoder in (net, self.key_net) for m in _frozen_modules(encoder, frozen_stages)]
         for module in self.frozen:
             module.requires_grad_(False)
+        self.enet_weights = enet_weights
+        self.gather_prototypes = gather_prototypes
         self.centroids: Tensor | None = None
 
     def train(self, mode: bool = True) -> MaskContrast:
@@ -102,13 +120,26 @@ class MaskContrast(SegmentationModule):
         return self
 
     # --- embeddings ------------------------------------------------------------------------------
-    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        """image [B,3,H,W] -> (L2-normalised embeddings [B,D,H,W], saliency logits [B,H,W])."""
+    def layer_features(self, image: Tensor, layer: str = "embedding") -> tuple[Tensor, Tensor]:
+        """image [B,3,H,W] -> (features [B,C,H,W] of ``layer``, saliency logits [B,H,W]), upsampled.
+
+        Layers: "embedding" (L2-normalised projection, D channels: what training contrasts),
+        "projection" (the raw projection, D channels: what the original's k-means and retrieval read),
+        "decoder" (the head's 256-channel features before the projection: what the original's
+        linear probe reads, ``segmentation/linear_finetune.py``).
+        """
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"Unknown layer {layer!r}; valid: {', '.join(FEATURE_LAYERS)}")
         features = self.net.features(image)
         size = image.shape[-2:]
-        emb = F.interpolate(self.net.head.classifier(features), size=size, mode="bilinear", align_corners=False)
         sal = F.interpolate(self.saliency_head(features), size=size, mode="bilinear", align_corners=False)
-        return F.normalize(emb, dim=1), sal[:, 0]
+        out = features if layer == "decoder" else self.net.head.classifier(features)
+        out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
+        return (F.normalize(out, dim=1) if layer == "embedding" else out), sal[:, 0]
+
+    def embed(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """image [B,3,H,W] -> (L2-normalised embeddings [B,D,H,W], saliency logits [B,H,W])."""
+        return self.layer_features(image, "embedding")
 
     @torch.no_grad()
     def key_prototypes(self, key_image: Tensor, saliency: Tensor) -> tuple[Tensor, Tensor]:
@@ -125,20 +156,35 @@ class MaskContrast(SegmentationModule):
 
     # --- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        if self.saliency_key not in batch:
-            raise KeyError(f"Batch has no {self.saliency_key!r} (keys: {sorted(batch)}); set "
+        key = self.saliency_key
+        if key not in batch:
+            raise KeyError(f"Batch has no {key!r} (keys: {sorted(batch)}); set "
                            "model.saliency_key, or data.prior=saliency_sup|saliency_unsup for 'prior'")
-        image, saliency = batch["image"], batch[self.saliency_key]
+        image, saliency = batch["image"], batch[key]
+        # Key view: its own crop and mask when the transform drew one (MaskContrastTransform with
+        # independent_views, as the original's DatasetKeyQuery), else the query's crop.
+        key_image = batch.get("image" + SECOND_VIEW_SUFFIX, image)
+        key_saliency = batch.get(key + SECOND_VIEW_SUFFIX, saliency)
         query, sal_logits = self.embed(self.augment(image))
         sal_loss = balanced_bce(sal_logits, saliency, self.ignore_index)
         ema_update(self.key_net, self.net, self.momentum)
-        protos, valid = self.key_prototypes(self.augment(image), saliency)
+        protos, valid = self.key_prototypes(self.augment(key_image), key_saliency)
         all_protos = all_gather_cat(protos)
         all_valid = all_gather_cat(valid.to(torch.uint8)).bool()
-        offset = gathered_offset(image.shape[0], image.device)
-        logits, target = contrastive_logits(query, saliency, all_protos, all_valid,
+        # gather_prototypes: every process's batch prototypes are candidates (ours); else this
+        # process's only, as the original's builder.py (the queue receives all of them either way).
+        if self.gather_prototypes:
+            candidates, candidate_valid = all_protos, all_valid
+            offset = gathered_offset(image.shape[0], image.device)
+        else:
+            candidates, candidate_valid, offset = protos, valid, 0
+        # A query pixel needs its own image's prototype: images whose key view has no foreground
+        # give no query pixel.
+        query_saliency = torch.where(valid.view(-1, 1, 1), saliency, torch.zeros_like(saliency))
+        logits, target = contrastive_logits(query, query_saliency, candidates, candidate_valid,
                                             self.queue.queue.clone(), self.temperature, offset)
-        contrast = F.cross_entropy(logits, target) if target.numel() else query.sum() * 0.0
+        weight = enet_class_weights(target, logits.shape[1]).to(logits.dtype) if self.enet_weights else None
+        contrast = F.cross_entropy(logits, target, weight=weight) if target.numel() else query.sum() * 0.0
         self.queue.enqueue(all_protos[all_valid])
         loss = contrast + self.saliency_weight * sal_loss
         self.log_dict({"train/loss": loss, "train/contrastive": contrast, "train/saliency": sal_loss},

@@ -1,22 +1,32 @@
 """MaskContrast's two-view augmentation.
 
-The paper (Van Gansbeke et al., ICCV 2021, following MoCo v2) crops once, jointly for the image and
-its saliency mask, and makes the query and the key view by two independent photometric
-augmentations of that crop, so one mask serves both views. Here the spatial part runs in the data
-pipeline (:class:`MaskContrastTransform`, albumentations on raw dicts) and the photometric part
-runs batched on the device inside the module (:class:`PhotometricAugment`): the batch dict stays
-the suite's single-image contract and the jitter is free on a GPU.
+The original (``pretrain/data/dataloaders/dataset.py``, ``DatasetKeyQuery``) applies its whole
+transform twice per image: the query and the key view each get their own RandomResizedCrop, flip,
+colour jitter and grayscale, and so their own saliency mask; both are re-drawn until both masks
+have a foreground fraction in range. Here the spatial part runs in the data pipeline
+(:class:`MaskContrastTransform`, albumentations on raw dicts; the key view travels as ``image2``
+and ``<saliency_key>2``) and the photometric part runs batched on the device inside the module
+(:class:`PhotometricAugment`), independently for the two views: the jitter is free on a GPU.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from usgs.data.transforms import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, MASK_KEYS, TrainTransform
+from usgs.data.transforms import (
+    IGNORE_INDEX,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MASK_KEYS,
+    TrainTransform,
+    normalize,
+)
+from usgs.methods.twin_views import SECOND_VIEW_SUFFIX
 
 # ITU-R BT.601 luma weights (what torchvision's rgb_to_grayscale uses).
 _LUMA = (0.299, 0.587, 0.114)
@@ -32,20 +42,24 @@ def foreground_fraction(saliency: np.ndarray) -> float:
 
 
 class MaskContrastTransform(TrainTransform):
-    """:class:`TrainTransform` that re-draws crops without usable foreground (raw dict -> raw dict).
+    """Query and key crops of one image (raw dict -> raw dict + key-view tensors).
 
     Paper settings (``resized_crop=True``): RandomResizedCrop to ``crop_size`` (224) with area
-    ``scale`` (0.2, 1.0) and a horizontal flip, joint on the image and every mask. The crop is re-drawn
-    up to ``max_attempts`` times while the foreground fraction of ``saliency_key`` lies outside
-    ``fg_range`` (0.01, 0.99): such a crop has no object, or no background, to contrast. After the last
-    attempt the crop is kept; the module skips images without foreground. Keep ``color_jitter=0``:
-    the module jitters the two views independently (:class:`PhotometricAugment`).
+    ``scale`` (0.2, 1.0) and a horizontal flip, joint on the image and every mask. With
+    ``independent_views`` (the original's ``DatasetKeyQuery``) the key view is a second, independent
+    draw, returned as ``image2`` float32 [3,h,w] (normalised) and ``<mask key>2`` int64 [h,w];
+    without it both views share the query's crop. The draw is repeated up to ``max_attempts`` times
+    while the foreground fraction of ``saliency_key`` in either view lies outside ``fg_range``
+    (0.01, 0.99): such a crop has no object, or no background, to contrast. After the last attempt
+    the crops are kept; the module skips views without foreground. Keep ``color_jitter=0``: the
+    module jitters the two views independently (:class:`PhotometricAugment`).
 
     Args:
         crop_size, scale, hflip, color_jitter, resized_crop: as :class:`TrainTransform`.
         saliency_key: raw key of the foreground mask: "saliency" (the dataset's) or "prior" (make_priors).
         fg_range: accepted foreground fraction (exclusive bounds).
         max_attempts: crop draws before giving up.
+        independent_views: draw the key view's crop and flip independently of the query's.
     """
 
     def __init__(
@@ -58,6 +72,7 @@ class MaskContrastTransform(TrainTransform):
         saliency_key: str = "saliency",
         fg_range: tuple[float, float] = (0.01, 0.99),
         max_attempts: int = 10,
+        independent_views: bool = True,
     ) -> None:
         super().__init__(crop_size, scale, hflip, color_jitter, resized_crop)
         if saliency_key not in MASK_KEYS:
@@ -67,16 +82,27 @@ class MaskContrastTransform(TrainTransform):
         self.saliency_key = saliency_key
         self.fg_range = (float(fg_range[0]), float(fg_range[1]))
         self.max_attempts = max_attempts
+        self.independent_views = independent_views
 
-    def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _ok(self, view: dict[str, np.ndarray]) -> bool:
+        return self.fg_range[0] < foreground_fraction(view[self.saliency_key]) < self.fg_range[1]
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.saliency_key not in sample:
             raise KeyError(f"MaskContrastTransform: sample has no {self.saliency_key!r} mask (keys: "
                            f"{sorted(sample)}); set saliency_key, or data.prior=saliency_* for 'prior'")
-        low, high = self.fg_range
         for _ in range(self.max_attempts):
-            out = super().__call__(sample)  # re-seeds from torch's RNG: a fresh crop every call
-            if low < foreground_fraction(out[self.saliency_key]) < high:
+            query = super().__call__(sample)  # re-seeds from torch's RNG: a fresh crop every call
+            key = super().__call__(sample) if self.independent_views else query
+            if self._ok(query) and self._ok(key):
                 break
+        if not self.independent_views:
+            return query
+        out: dict[str, Any] = dict(query)
+        out["image" + SECOND_VIEW_SUFFIX] = normalize(key["image"])
+        for name in MASK_KEYS:
+            if name in key:
+                out[name + SECOND_VIEW_SUFFIX] = torch.from_numpy(key[name].astype(np.int64))
         return out
 
 

@@ -65,9 +65,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     task = instantiate(cfg.task, _convert_="all")
     cache_mb = float(cfg.get("cache_mb", 1024))
     flip = bool(cfg.get("flip", False))
-    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb, flip)
-    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device, cache_mb,
-                               flip)
+    layer = str(getattr(task, "layer", "embedding"))  # the features the task reads
+    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb,
+                          flip, layer)
+    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device,
+                               cache_mb, flip, layer)
     crf_params: dict[str, Any] = dict(MASKCONTRAST_CRF)
     refine = functools.partial(dense_crf, **crf_params) if cfg.get("crf") else None
     result = task.run(train, evaluation, datamodule.num_classes, list(datamodule.class_names), refine)
