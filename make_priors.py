@@ -5,6 +5,8 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The benchmark's threading (bench/priors.py under OMP_NUM_THREADS=1); conf/make_priors.yaml `threads` follows it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 import pytest
 from omegaconf import OmegaConf
 
@@ -123,6 +124,24 @@ def test_make_priors_on_shapes_then_data_reads_it(make_cfg: Callable, tmp_path: 
     dm = instantiate(cfg.data, prior=folder.name, prior_root=cfg.paths.priors_dir)
     sample = dm.dataset("train", transform=None)[0]
     assert sample["prior"].shape == (32, 32) and int(sample["prior"].max()) < 8
+
+
+def test_make_priors_writes_panel_and_does_not_rescore(make_cfg: Callable, tmp_path: Path, monkeypatch) -> None:
+    import cv2
+
+    import usgs.run.priors as run_priors
+
+    cfg = make_cfg(["prior=kmeans", "data.num_train=6", "data.image_size=32", "prior.k=7", "progress=false",
+                    "panel_images=3"], config_name="make_priors")
+    report = make_priors(cfg)
+    folder = find_prior_dir(cfg.paths.priors_dir, "shapes", "train", "kmeans")
+    panel = cv2.imread(str(folder / "panel.png"))
+    assert (tmp_path / "panel.png").is_file() and (folder / "report.md").is_file()
+    assert panel.shape[0] > 3 * 192 and panel.shape[1] > 3 * 192  # 3 rows x (image | prior | GT), >= 192 px
+    assert torch.get_num_threads() == int(cfg.threads)
+    # same cache again: the scores come back from report.json, nothing is re-scored
+    monkeypatch.setattr(run_priors, "score_prior_dir", lambda *a, **k: pytest.fail("re-scored an unchanged cache"))
+    assert make_priors(cfg) == report
 
 
 def test_make_priors_none_lists_the_priors(make_cfg: Callable) -> None:

@@ -20,11 +20,13 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from usgs.metrics import SegmentationMetric
 from usgs.priors.cache import RawDataset, atomic_write
+from usgs.visualize import color_palette, colorize, draw_panel, legend_entries
 
-__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report"]
+__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report", "prior_panel"]
 
 IGNORE = 255
 BETA2 = 0.3
@@ -85,12 +87,14 @@ def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) 
 
 
 def score_prior_dir(
-    prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int
+    prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth."""
     key = "mask" if kind == "semantic" else "saliency"
     preds, targets = [], []
-    for i, name in enumerate(dataset.ids):
+    names = tqdm(dataset.ids, desc=f"{Path(prior_dir).name}: scoring", unit="img", disable=not progress)
+    for i, name in enumerate(names):
         path = Path(prior_dir) / f"{name}.png"
         pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if pred is None:
@@ -129,3 +133,50 @@ def write_report(out_dir: str | Path, report: Mapping[str, Any], title: str) -> 
     text = f"# {title}\n\n" + markdown_table([report])
     atomic_write(out_dir / "report.md", text.encode())
     return text
+
+
+def prior_panel(
+    prior_dir: str | Path,
+    dataset: RawDataset,
+    kind: str,
+    num_classes: int,
+    num_labels: int,
+    palette: np.ndarray,
+    class_names: Sequence[str],
+    num_images: int = 6,
+) -> np.ndarray:
+    """image | prior | ground truth for the first ``num_images`` of the split (a fixed sample).
+
+    Semantic priors are drawn in the dataset's class colours: each cluster takes the class it
+    overlaps most in the shown images (majority matching), so the prior and the ground truth can be
+    compared by eye. Saliency priors are black (background) / white (foreground).
+    """
+    n = min(num_images, len(dataset))
+    key = "mask" if kind == "semantic" else "saliency"
+    samples = [dataset.load(i) for i in range(n)]
+    preds = [cv2.imread(str(Path(prior_dir) / f"{dataset.ids[i]}.png"), cv2.IMREAD_UNCHANGED) for i in range(n)]
+    has_gt = all(key in s for s in samples)
+    if kind == "semantic":
+        colours, names = color_palette(num_classes, palette), list(class_names)
+        lut = np.full(256, IGNORE, dtype=np.int64)
+        if has_gt:
+            metric = SegmentationMetric(num_classes, num_labels, matching="majority")
+            for pred, s in zip(preds, samples, strict=True):
+                labelled = pred != IGNORE  # as in semantic_scores: prior pixels at 255 are not scored
+                t = np.where(labelled, s[key], IGNORE).astype(np.int64)
+                p = np.where(labelled, pred, 0).astype(np.int64)
+                metric.update(torch.from_numpy(p)[None], torch.from_numpy(t)[None])
+            lut[:num_labels] = metric.compute()["mapping"].numpy()
+            lut[lut < 0] = IGNORE
+        else:  # nothing to match against: clusters keep their own ids
+            colours, names = color_palette(num_labels, palette), [f"cluster {i}" for i in range(num_labels)]
+            lut[:num_labels] = np.arange(num_labels)
+        preds = [lut[p] for p in preds]
+    else:
+        colours, names = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8), ["background", "foreground"]
+    titles = ["image", f"prior ({Path(prior_dir).name.rsplit('-', 1)[0]})"] + (["ground truth"] if has_gt else [])
+    rows = []
+    for pred, s in zip(preds, samples, strict=True):
+        row = [s["image"], colorize(pred, colours)]
+        rows.append(row + ([colorize(s[key], colours)] if has_gt else []))
+    return draw_panel(rows, titles, legend_entries(colours, names), label_columns=range(1, len(titles)))
