@@ -188,3 +188,18 @@ def test_every_prior_config_builds(make_cfg: Callable, name: str, cls: type | st
         assert prior.num_labels == 40 and repr(prior.postprocess) == (
             "Morphology(kernel=5, shape='ellipse', min_area=0.0, fill=255)"
         )
+
+
+def test_missing_prior_is_computed_unless_prior_auto_false(make_cfg: Callable, tmp_path: Path, caplog) -> None:
+    from usgs.run.prior_auto import ensure_priors
+
+    overrides = ["experiment=twins", "data.num_train=6", "data.image_size=32", "model.num_predictions=5",
+                 "prior_overrides=['prior.k=5']"]  # quoted: Hydra's list syntax
+    with pytest.raises(FileNotFoundError, match=r"create it with: python make_priors.py prior=kmeans data=shapes"):
+        ensure_priors(make_cfg([*overrides, "prior_auto=false"]))
+    with caplog.at_level("INFO"):
+        (folder,) = ensure_priors(make_cfg(overrides))
+    assert "python make_priors.py prior=kmeans split=train prior.k=5 data=shapes" in caplog.text
+    assert folder == find_prior_dir(tmp_path / "priors", "shapes", "train", "kmeans")
+    assert json.loads((folder / "report.json").read_text())["k"] == 5
+    assert ensure_priors(make_cfg([*overrides, "prior_auto=false"])) == [folder]  # found, not recomputed

@@ -30,7 +30,7 @@ from usgs.run.train import start_run
 log = logging.getLogger(__name__)
 
 
-def _device(name: str) -> torch.device:
+def device_from_name(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                     type(module).__name__)
     datamodule: SegmentationDataModule = instantiate(data_cfg, _convert_="all")
     datamodule.prior = None  # evaluation reads the network's outputs, never a cached prior
-    device = _device(str(cfg.get("device", "auto")))
+    device = device_from_name(str(cfg.get("device", "auto")))
     module.to(device)
     task = instantiate(cfg.task, _convert_="all")
     cache_mb = float(cfg.get("cache_mb", 1024))

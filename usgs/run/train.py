@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from usgs.callbacks import StoreConfig
 from usgs.run.outputs import atomic_write_text, flat_metrics, git_sha, write_metrics
+from usgs.run.prior_auto import ensure_priors
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the best checkpoint; returns ``cfg.optimized_metric``."""
     run_dir, config, sha = start_run(cfg)
+    ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
