@@ -63,8 +63,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module.to(device)
     task = instantiate(cfg.task, _convert_="all")
     cache_mb = float(cfg.get("cache_mb", 1024))
-    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb)
-    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device, cache_mb)
+    progress = bool(cfg.get("progress", True))
+    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb,
+                          name="train split", progress=progress)
+    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device,
+                               cache_mb, name=f"{cfg.split} split", progress=progress)
+    log.info("%s on %s/%s (progress bars: one per pass over a split)", cfg.task._target_.rsplit(".", 1)[-1],
+             datamodule.name, cfg.split)
     crf_params: dict[str, Any] = dict(MASKCONTRAST_CRF)
     refine = functools.partial(dense_crf, **crf_params) if cfg.get("crf") else None
     result = task.run(train, evaluation, datamodule.num_classes, list(datamodule.class_names), refine)
