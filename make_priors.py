@@ -11,6 +11,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="make_priors")
 def main(cfg: DictConfig):  # noqa: ANN201 - Optuna reads the returned metric

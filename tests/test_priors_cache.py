@@ -112,7 +112,7 @@ def test_make_priors_on_shapes_then_data_reads_it(make_cfg: Callable, tmp_path: 
     cfg = make_cfg(overrides, config_name="make_priors")
     report = make_priors(cfg)
     assert "| kmeans | shapes | train |" in capsys.readouterr().out
-    assert report["images"] == 12 and 0 <= report["miou_majority"] <= 100
+    assert report["images"] == 12 and 0 <= report["miou_majority"] <= 1  # fractions in report.json
     folder = find_prior_dir(cfg.paths.priors_dir, "shapes", "train", "kmeans")
     assert folder.name == report["folder"] and json.loads((tmp_path / "report.json").read_text()) == report
     # another config of the same prior goes to another folder; data.prior=kmeans is then ambiguous
@@ -149,20 +149,23 @@ def test_make_priors_none_lists_the_priors(make_cfg: Callable) -> None:
         make_priors(make_cfg(["prior=none"], config_name="make_priors"))
 
 
-def test_multirun_table_gathers_every_job(tmp_path: Path, capsys) -> None:
-    for job, k in (("0", 20), ("1", 40)):
+def test_multirun_table_gathers_every_job_and_groups_seeds(tmp_path: Path, capsys) -> None:
+    jobs = {"0": ("prior.k=20 seed=1", 0.10), "1": ("prior.k=20 seed=2", 0.20), "2": ("prior.k=40 seed=1", 0.30)}
+    for job, (overrides, miou) in jobs.items():
         (tmp_path / job / ".hydra").mkdir(parents=True)
-        (tmp_path / job / "report.json").write_text(
-            json.dumps({"prior": "kmeans", "k": k, "miou_majority": k / 2})
-        )
-        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- prior.k={k}\n")
+        (tmp_path / job / "report.json").write_text(json.dumps({"prior": "kmeans", "ms": 2.5, "miou_majority": miou}))
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides.split()))
     MultirunTable().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     lines = (tmp_path / "multirun_report.md").read_text().splitlines()
-    assert lines[2] == "| job | overrides | prior | k | miou_majority |"
-    assert lines[4:6] == [
-        "| 0 | prior.k=20 | kmeans | 20 | 10.00 |",
-        "| 1 | prior.k=40 | kmeans | 40 | 20.00 |",
+    assert lines[2] == "| job | overrides | prior | ms | miou_majority (%) |"  # fractions shown in percent
+    assert lines[4:7] == [
+        "| 0 | prior.k=20 seed=1 | kmeans | 2.50 | 10.0 |",
+        "| 1 | prior.k=20 seed=2 | kmeans | 2.50 | 20.0 |",
+        "| 2 | prior.k=40 seed=1 | kmeans | 2.50 | 30.0 |",
     ]
+    grouped = lines[lines.index("| overrides | seeds | ms | miou_majority (%) |"):]
+    # runs differing only in seed: mean ± population std (ddof 0) of 10 and 20 = 15.0 ± 5.0
+    assert grouped[2:4] == ["| prior.k=20 | 2 | 2.5 ± 0.0 | 15.0 ± 5.0 |", "| prior.k=40 | 1 | 2.5 ± 0.0 | 30.0 ± 0.0 |"]
     assert "prior.k=40" in capsys.readouterr().out
 
 

@@ -38,7 +38,7 @@ def test_weak_deeplab_is_one_command_classifier_to_pseudo_labels_to_deeplab(
     classifier = tmp_path / "prior_model"
     assert "usgs.methods.classifier" in (classifier / "config.yaml").read_text()
     report = json.loads((tmp_path / "priors" / "train" / "report.json").read_text())
-    assert report["images"] == 8 and 0.0 <= report["coverage"] <= 100.0
+    assert report["images"] == 8 and 0.0 <= report["coverage"] <= 1.0
     datamodule = instantiate(weak_cfg.data, prior=None)
     dataset = datamodule.dataset("train", transform=None)
     folder = tmp_path / "priors" / "shapes" / "train" / report["folder"]

@@ -29,7 +29,8 @@ def mask_predictions(probs: Tensor, batch: dict[str, Any], refine: Refine | None
     return torch.stack(refined).argmax(dim=1)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (ddof 0) over seeds, NaNs left out; NaN for no values."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0 or np.isnan(arr).all():
         return math.nan, math.nan
@@ -60,8 +61,8 @@ class TaskResult:
             warnings.simplefilter("ignore", RuntimeWarning)
             iou_mean = [float(v) for v in np.nanmean(iou, axis=0)]
         self.scores[variant] = {
-            "miou": miou, "pixel_accuracy": acc, "miou_mean_std": _mean_std(miou),
-            "pixel_accuracy_mean_std": _mean_std(acc), "iou": iou_mean, "mapping": per_seed[0]["mapping"],
+            "miou": miou, "pixel_accuracy": acc, "miou_mean_std": mean_std(miou),
+            "pixel_accuracy_mean_std": mean_std(acc), "iou": iou_mean, "mapping": per_seed[0]["mapping"],
         }
 
     def add_examples(self, variant: str, batch: dict[str, Any], pred: Tensor) -> None:

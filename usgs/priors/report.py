@@ -4,6 +4,7 @@ Semantic priors (cluster ids): mIoU and pixel accuracy with the suite's ``Segmen
 Hungarian-matched (one cluster per class; the number to read when G = number of classes) and
 majority-vote-matched (each cluster takes its most frequent class; the number to read when G >
 classes), as in the seed work's evaluation.
+All scores are fractions in [0, 1] (``report.json``), shown in percent in the Markdown tables.
 Saliency priors (1 = foreground): foreground IoU, F-beta with beta^2 = 0.3 (Achanta et al. 2009,
 the saliency literature's weighting of precision over recall) and MAE. IoU and F-beta come from the
 dataset-level confusion matrix; MAE is the mean over images of the per-image mean absolute error.
@@ -13,6 +14,7 @@ Pixels the prior leaves at 255 (no proposal) count as background; ground-truth 2
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,19 +28,22 @@ from usgs.metrics import SegmentationMetric
 from usgs.priors.cache import RawDataset, atomic_write
 from usgs.visualize import color_palette, colorize, draw_panel, legend_entries
 
-__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report", "prior_panel"]
+__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report", "prior_panel",
+           "is_score"]
 
 IGNORE = 255
 BETA2 = 0.3
+# Score keys (fractions in JSON, percent in tables): miou, iou/<class>, pixel_accuracy, fbeta, ...
+SCORE_KEY = re.compile(r"(^|[/_])(miou|iou|pixel_accuracy|fbeta|precision|recall|mae|coverage)($|[/_])")
 
 
 def semantic_scores(
     preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int
 ) -> dict[str, float]:
-    """Hungarian and majority mIoU / pixel accuracy (in %) of cluster maps vs class masks.
+    """Hungarian and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
 
     Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
-    ``coverage`` (% of ground-truth-labelled pixels the prior labels) says how many that was.
+    ``coverage`` (fraction of ground-truth-labelled pixels the prior labels) says how many that was.
     """
     metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in ("hungarian", "majority")}
     labelled = covered = 0
@@ -54,14 +59,14 @@ def semantic_scores(
     out: dict[str, float] = {}
     for name, metric in metrics.items():
         scores = metric.compute()
-        out[f"miou_{name}"] = 100.0 * float(scores["miou"])
-        out[f"pixel_accuracy_{name}"] = 100.0 * float(scores["pixel_accuracy"])
-    out["coverage"] = 100.0 * covered / max(1, labelled)
+        out[f"miou_{name}"] = float(scores["miou"])
+        out[f"pixel_accuracy_{name}"] = float(scores["pixel_accuracy"])
+    out["coverage"] = covered / max(1, labelled)
     return out
 
 
 def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
-    """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (in %) of binary maps vs {0,1,255} masks."""
+    """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (fractions) of binary maps vs {0,1,255} masks."""
     metric = SegmentationMetric(2, matching="none")
     maes = []
     for pred, target in zip(preds, targets, strict=True):
@@ -78,11 +83,11 @@ def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) 
     fbeta = (1 + BETA2) * precision * recall / denom if denom > 0 else 0.0
     iou = float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else float("nan")
     return {
-        "iou": 100 * iou,
-        "fbeta": 100 * fbeta,
-        "precision": 100 * precision,
-        "recall": 100 * recall,
-        "mae": 100 * float(np.mean(maes)) if maes else float("nan"),
+        "iou": iou,
+        "fbeta": fbeta,
+        "precision": precision,
+        "recall": recall,
+        "mae": float(np.mean(maes)) if maes else float("nan"),
     }
 
 
@@ -112,17 +117,27 @@ def score_prior_dir(
     return saliency_scores(preds, targets)
 
 
+def is_score(key: str) -> bool:
+    """Whether a metric key is a score (IoU, accuracy, F-beta, MAE, coverage): stored as a fraction in
+    JSON files (``metrics.json``, ``report.json``), shown in percent in tables."""
+    return SCORE_KEY.search(key.lower()) is not None
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table with the union of the rows' keys as columns (floats with 2 decimals)."""
+    """A Markdown table with the union of the rows' keys as columns: score columns (:func:`is_score`)
+    in percent with 1 decimal and ``(%)`` in the header, other floats with 2 decimals."""
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
 
-    def fmt(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+    def fmt(v: Any, column: str) -> str:
+        if isinstance(v, float):
+            return f"{100 * v:.1f}" if is_score(column) else f"{v:.2f}"
+        return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    header = [f"{c} (%)" if is_score(c) else c for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, ""), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
