@@ -166,3 +166,22 @@ def test_tensorboard_gets_config_text_and_titled_overlays(make_cfg, tmp_path: Pa
     image = acc.Images("val/overlays")[-1]
     # image | ground truth | prediction, 4 rows of >= 192 px tiles (32 px scaled 6x), titles, legend
     assert image.width >= 3 * 192 and image.height >= 4 * 192 + 24
+
+
+def test_submitit_slurm_launcher_config_composes() -> None:
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import get_class
+
+    GlobalHydra.instance().clear()
+    with warnings.catch_warnings():  # Hydra's note that the file is checked against the plugin's schema
+        warnings.simplefilter("ignore", UserWarning)
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
+                          return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0 and launcher.tasks_per_node == 1
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"  # the plugin is installed
