@@ -7,10 +7,10 @@ import math
 import numpy as np
 import torch
 
-from usgs.visualize import color_palette, colorize, prediction_panel
 from usgs.methods.base import poly_lambda
 from usgs.methods.ema import cosine_momentum_schedule, ema_update
 from usgs.methods.sliding_window import sliding_window_logits, window_starts
+from usgs.visualize import color_palette, colorize, prediction_panel
 
 
 def test_poly_schedule_endpoints() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from usgs.data.prior_store import MANIFEST, find_prior_dir

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from pytorch_lightning.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from usgs.callbacks import StoreConfig
 from usgs.run.outputs import atomic_write_text, flat_metrics, git_sha, write_metrics
