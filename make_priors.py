@@ -5,9 +5,13 @@ from pathlib import Path
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# The benchmark's threading (bench/priors.py under OMP_NUM_THREADS=1); conf/make_priors.yaml `threads` follows it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+
+import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="make_priors")

@@ -9,6 +9,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig):  # noqa: ANN201 - Optuna reads the returned metric

@@ -102,12 +102,12 @@ def bench_kmeans(args: argparse.Namespace) -> list[dict]:
             add(
                 "kmeans_seed",
                 f"G={g} mIoU ({matching})",
-                semantic_scores(maps, gts, 8, g)[f"miou_{matching}"],
+                100 * semantic_scores(maps, gts, 8, g)[f"miou_{matching}"],  # percent
             )
             fast = TorchKMeansPrior(k=g, seed=seed, postprocess=morph, **fast_kwargs)
             maps, seconds, _ = run_prior(fast, images)
             add("kmeans", f"G={g} ms/image", 1000 * seconds / len(images))
-            add("kmeans", f"G={g} mIoU ({matching})", semantic_scores(maps, gts, 8, g)[f"miou_{matching}"])
+            add("kmeans", f"G={g} mIoU ({matching})", 100 * semantic_scores(maps, gts, 8, g)[f"miou_{matching}"])
             print(
                 seed,
                 g,
@@ -143,7 +143,7 @@ def bench_saliency(args: argparse.Namespace) -> list[dict]:
         rows.append(
             {
                 "prior": name,
-                **{k: round(v, 1) for k, v in scores.items()},
+                **scores,  # fractions: markdown_table shows them in percent
                 "no proposal": sum(bool((m == 255).all()) for m in maps),
                 "ms/image": 1000 * seconds / len(images),
             }

@@ -261,7 +261,7 @@ def test_report_statistics_tables_and_mapping() -> None:
     assert mask_predictions(probs, {}).item() == 1 and flip.item() == 0
 
 
-def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path) -> None:
+def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path, capsys) -> None:
     from usgs.run.evaluate import evaluate
 
     common = ["experiment=maskcontrast", "data.image_size=32", "model.net.backbone=resnet18",
@@ -269,6 +269,9 @@ def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path) -> None:
     cfg = make_cfg([*common, "task=kmeans", "task.seeds=[0,1]", "task.pixels_per_image=50", "crf=true"],
                    config_name="evaluate", run_dir=tmp_path / "kmeans")
     metrics = evaluate(cfg)
+    bars = capsys.readouterr().err  # progress: each pass over the split and the k-means fits
+    assert "val split pass 1 (network)" in bars and "val split pass 2 (cached features)" in bars
+    assert "k-means (k=7) per seed" in bars
     saved = json.loads((tmp_path / "kmeans" / "metrics.json").read_text())
     assert saved["kmeans/pixels/num_seeds"] == 2.0 and 0.0 <= saved["kmeans/pixels/miou"] <= 1.0
     assert set(saved) == {k for k, v in metrics.items()} and "kmeans/prototypes/miou" in saved

@@ -1,7 +1,7 @@
 """Every conf/experiment/*.yaml composes and runs with fast_dev_run on the synthetic data.
 
-Experiments that train on a cached prior get it computed first by the real make_priors (same data
-config, so the cache hash matches). Priors that need a trained model (a checkpoint) are exercised
+Experiments that train on a cached prior get it computed first by train's prior_auto (the real
+make_priors, same data config). Priors that need a trained model (a checkpoint) are exercised
 end to end by the pipeline tests named in CHAINED.
 """
 
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from tests.conftest import EXPERIMENTS, ROOT, compose_config
 from usgs.run.train import train
@@ -63,18 +63,6 @@ def _prior_needs_checkpoint(prior: str) -> bool:
     return "checkpoint" in node
 
 
-def _make_prior_cache(cfg, run_dir: Path) -> None:
-    from usgs.run.priors import make_priors
-
-    for split in cfg.data.get("prior_splits", ["train"]):
-        pcfg = compose_config("make_priors", [f"prior={cfg.data.prior}", f"split={split}", "progress=false"],
-                              run_dir / f"priors_{split}")
-        with open_dict(pcfg):
-            pcfg.data = OmegaConf.merge(cfg.data, {"prior": None})
-            pcfg.paths.priors_dir = cfg.paths.priors_dir
-        make_priors(pcfg)
-
-
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     overrides = [*_overrides(experiment, tmp_path), *_train_prerequisite(experiment, tmp_path)]
@@ -87,9 +75,7 @@ def test_experiment_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     if prior and _prior_needs_checkpoint(prior):
         assert experiment in CHAINED, f"{experiment} needs a trained prior model: add its pipeline test to CHAINED"
         pytest.skip(f"prior {prior} needs a trained model; covered by {CHAINED[experiment]}")
-    if prior:
-        _make_prior_cache(cfg, tmp_path)
-    train(cfg)
+    train(cfg)  # a prior cache is computed first by prior_auto (usgs/run/prior_auto.py)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "train/loss" in metrics and "val/miou" in metrics
     assert metrics["train/loss"] is not None

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import torch
 
-from usgs.callbacks import color_palette, overlay_panel
 from usgs.methods.base import poly_lambda
 from usgs.methods.ema import cosine_momentum_schedule, ema_update
 from usgs.methods.sliding_window import sliding_window_logits, window_starts
+from usgs.visualize import color_palette, colorize, prediction_panel
 
 
 def test_poly_schedule_endpoints() -> None:
@@ -48,13 +48,23 @@ def test_sliding_window_equals_full_image_for_a_pointwise_predictor() -> None:
         )
 
 
-def test_overlay_panel_layout_and_ignore_colour() -> None:
+def test_prediction_panel_tiles_titles_legend_and_ignore_colour() -> None:
     image = torch.zeros(3, 4, 5)
     mask = torch.tensor([[0, 1, 255, 1, 0]] * 4)
     pred = torch.zeros(4, 5, dtype=torch.long)
     palette = color_palette(2, np.array([[255, 0, 0], [0, 255, 0]], dtype=np.uint8))
-    panel = overlay_panel(image, mask, pred, palette, alpha=1.0)
-    assert panel.shape == (4, 15, 3) and panel.dtype == np.uint8
-    assert panel[0, 5 + 0].tolist() == [255, 0, 0] and panel[0, 5 + 1].tolist() == [0, 255, 0]
-    assert panel[0, 5 + 2].tolist() == [128, 128, 128]  # ignore pixels are grey
-    assert (panel[:, 10:] == np.array([255, 0, 0], dtype=np.uint8)).all()
+    colours = colorize(mask, palette)
+    assert colours[0, 0].tolist() == [255, 0, 0] and colours[0, 1].tolist() == [0, 255, 0]
+    assert colours[0, 2].tolist() == [128, 128, 128]  # ignore pixels are grey
+    panel = prediction_panel([image, image], [mask, mask], [pred, pred], palette, ["sky", "grass"])
+    assert panel.dtype == np.uint8
+    # two rows of three tiles, each scaled to >= 192 px (4x5 -> 192x240), titles above, legend below
+    assert panel.shape[0] > 2 * 192 and panel.shape[1] >= 3 * 240
+    red, green = (panel == [255, 0, 0]).all(-1), (panel == [0, 255, 0]).all(-1)
+    assert red.sum() > 2 * 192 * 48 and green.sum() > 192 * 48  # solid label colours, nearest neighbour
+    first_tile_row = np.nonzero(red.any(1))[0][0]
+    assert first_tile_row > 10  # the title line sits above the tiles
+    legend = panel[-22:]
+    assert (legend == [255, 0, 0]).all(-1).any() and (legend == [0, 255, 0]).all(-1).any()
+    no_gt = prediction_panel([image], [None], [pred], palette, ["sky", "grass"])
+    assert no_gt.shape[1] < panel.shape[1]  # image | prediction only

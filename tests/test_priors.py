@@ -143,12 +143,12 @@ def test_semantic_scores_by_hand() -> None:
     gt = np.array([[0, 0, 1, 1]], np.uint8)
     s = semantic_scores([pred], [gt], num_classes=2, num_labels=3)
     # majority: 2->0, 0->1, 1->1: perfect
-    assert s["miou_majority"] == pytest.approx(100.0)
+    assert s["miou_majority"] == pytest.approx(1.0)
     # hungarian: 2->0 and one of {0,1}->1 (the other unmatched = wrong): IoU0 = 1, IoU1 = 1/2
-    assert s["miou_hungarian"] == pytest.approx(75.0) and s["pixel_accuracy_hungarian"] == pytest.approx(75.0)
+    assert s["miou_hungarian"] == pytest.approx(0.75) and s["pixel_accuracy_hungarian"] == pytest.approx(0.75)
     # a prior pixel at 255 is excluded and reported through coverage
     s = semantic_scores([np.array([[2, 255, 0, 1]], np.uint8)], [gt], 2, 3)
-    assert s["coverage"] == pytest.approx(75.0) and s["miou_majority"] == pytest.approx(100.0)
+    assert s["coverage"] == pytest.approx(0.75) and s["miou_majority"] == pytest.approx(1.0)
 
 
 def test_saliency_scores_by_hand() -> None:
@@ -156,15 +156,15 @@ def test_saliency_scores_by_hand() -> None:
     gt = np.array([[1, 1, 1, 0], [0, 0, 0, 255]], np.uint8)  # last pixel ignored
     s = saliency_scores([pred], [gt])
     # TP 2, FP 1, FN 1: IoU 2/4, precision = recall = 2/3, F = 2/3; MAE = 2 wrong / 7 valid
-    assert s["iou"] == pytest.approx(50.0)
-    assert s["fbeta"] == pytest.approx(200 / 3) and s["precision"] == pytest.approx(200 / 3)
-    assert s["mae"] == pytest.approx(200 / 7)
+    assert s["iou"] == pytest.approx(0.5)
+    assert s["fbeta"] == pytest.approx(2 / 3) and s["precision"] == pytest.approx(2 / 3)
+    assert s["mae"] == pytest.approx(2 / 7)
 
 
 def test_markdown_table_union_of_columns() -> None:
-    text = markdown_table([{"a": 1, "b": 0.5}, {"a": 2, "c": "x"}])
-    assert text.splitlines()[0] == "| a | b | c |"
-    assert text.splitlines()[2] == "| 1 | 0.50 |  |"
+    text = markdown_table([{"a": 1, "b": 0.5, "val/miou": 0.1234}, {"a": 2, "c": "x"}])
+    assert text.splitlines()[0] == "| a | b | val/miou (%) | c |"  # scores: fractions shown in percent
+    assert text.splitlines()[2] == "| 1 | 0.50 | 12.3 |  |"
 
 
 class _LeftHalfNet(torch.nn.Module):

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from usgs.data.prior_store import MANIFEST, find_prior_dir
@@ -111,7 +112,7 @@ def test_make_priors_on_shapes_then_data_reads_it(make_cfg: Callable, tmp_path: 
     cfg = make_cfg(overrides, config_name="make_priors")
     report = make_priors(cfg)
     assert "| kmeans | shapes | train |" in capsys.readouterr().out
-    assert report["images"] == 12 and 0 <= report["miou_majority"] <= 100
+    assert report["images"] == 12 and 0 <= report["miou_majority"] <= 1  # fractions in report.json
     folder = find_prior_dir(cfg.paths.priors_dir, "shapes", "train", "kmeans")
     assert folder.name == report["folder"] and json.loads((tmp_path / "report.json").read_text()) == report
     # another config of the same prior goes to another folder; data.prior=kmeans is then ambiguous
@@ -125,25 +126,46 @@ def test_make_priors_on_shapes_then_data_reads_it(make_cfg: Callable, tmp_path: 
     assert sample["prior"].shape == (32, 32) and int(sample["prior"].max()) < 8
 
 
+def test_make_priors_writes_panel_and_does_not_rescore(make_cfg: Callable, tmp_path: Path, monkeypatch) -> None:
+    import cv2
+
+    import usgs.run.priors as run_priors
+
+    cfg = make_cfg(["prior=kmeans", "data.num_train=6", "data.image_size=32", "prior.k=7", "progress=false",
+                    "panel_images=3"], config_name="make_priors")
+    report = make_priors(cfg)
+    folder = find_prior_dir(cfg.paths.priors_dir, "shapes", "train", "kmeans")
+    panel = cv2.imread(str(folder / "panel.png"))
+    assert (tmp_path / "panel.png").is_file() and (folder / "report.md").is_file()
+    assert panel.shape[0] > 3 * 192 and panel.shape[1] > 3 * 192  # 3 rows x (image | prior | GT), >= 192 px
+    assert torch.get_num_threads() == int(cfg.threads)
+    # same cache again: the scores come back from report.json, nothing is re-scored
+    monkeypatch.setattr(run_priors, "score_prior_dir", lambda *a, **k: pytest.fail("re-scored an unchanged cache"))
+    assert make_priors(cfg) == report
+
+
 def test_make_priors_none_lists_the_priors(make_cfg: Callable) -> None:
     with pytest.raises(ValueError, match="kmeans_seed"):
         make_priors(make_cfg(["prior=none"], config_name="make_priors"))
 
 
-def test_multirun_table_gathers_every_job(tmp_path: Path, capsys) -> None:
-    for job, k in (("0", 20), ("1", 40)):
+def test_multirun_table_gathers_every_job_and_groups_seeds(tmp_path: Path, capsys) -> None:
+    jobs = {"0": ("prior.k=20 seed=1", 0.10), "1": ("prior.k=20 seed=2", 0.20), "2": ("prior.k=40 seed=1", 0.30)}
+    for job, (overrides, miou) in jobs.items():
         (tmp_path / job / ".hydra").mkdir(parents=True)
-        (tmp_path / job / "report.json").write_text(
-            json.dumps({"prior": "kmeans", "k": k, "miou_majority": k / 2})
-        )
-        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- prior.k={k}\n")
+        (tmp_path / job / "report.json").write_text(json.dumps({"prior": "kmeans", "ms": 2.5, "miou_majority": miou}))
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides.split()))
     MultirunTable().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     lines = (tmp_path / "multirun_report.md").read_text().splitlines()
-    assert lines[2] == "| job | overrides | prior | k | miou_majority |"
-    assert lines[4:6] == [
-        "| 0 | prior.k=20 | kmeans | 20 | 10.00 |",
-        "| 1 | prior.k=40 | kmeans | 40 | 20.00 |",
+    assert lines[2] == "| job | overrides | prior | ms | miou_majority (%) |"  # fractions shown in percent
+    assert lines[4:7] == [
+        "| 0 | prior.k=20 seed=1 | kmeans | 2.50 | 10.0 |",
+        "| 1 | prior.k=20 seed=2 | kmeans | 2.50 | 20.0 |",
+        "| 2 | prior.k=40 seed=1 | kmeans | 2.50 | 30.0 |",
     ]
+    grouped = lines[lines.index("| overrides | seeds | ms | miou_majority (%) |"):]
+    # runs differing only in seed: mean ± population std (ddof 0) of 10 and 20 = 15.0 ± 5.0
+    assert grouped[2:4] == ["| prior.k=20 | 2 | 2.5 ± 0.0 | 15.0 ± 5.0 |", "| prior.k=40 | 1 | 2.5 ± 0.0 | 30.0 ± 0.0 |"]
     assert "prior.k=40" in capsys.readouterr().out
 
 
@@ -169,3 +191,18 @@ def test_every_prior_config_builds(make_cfg: Callable, name: str, cls: type | st
         assert prior.num_labels == 40 and repr(prior.postprocess) == (
             "Morphology(kernel=5, shape='ellipse', min_area=0.0, fill=255)"
         )
+
+
+def test_missing_prior_is_computed_unless_prior_auto_false(make_cfg: Callable, tmp_path: Path, caplog) -> None:
+    from usgs.run.prior_auto import ensure_priors
+
+    overrides = ["experiment=twins", "data.num_train=6", "data.image_size=32", "model.num_predictions=5",
+                 "prior_overrides=['prior.k=5']"]  # quoted: Hydra's list syntax
+    with pytest.raises(FileNotFoundError, match=r"create it with: python make_priors.py prior=kmeans data=shapes"):
+        ensure_priors(make_cfg([*overrides, "prior_auto=false"]))
+    with caplog.at_level("INFO"):
+        (folder,) = ensure_priors(make_cfg(overrides))
+    assert "python make_priors.py prior=kmeans split=train prior.k=5 data=shapes" in caplog.text
+    assert folder == find_prior_dir(tmp_path / "priors", "shapes", "train", "kmeans")
+    assert json.loads((folder / "report.json").read_text())["k"] == 5
+    assert ensure_priors(make_cfg([*overrides, "prior_auto=false"])) == [folder]  # found, not recomputed

@@ -69,17 +69,6 @@ def test_resume_continues_from_last_checkpoint(make_cfg, tmp_path: Path) -> None
     assert (second["epoch"], second["global_step"]) == (1, 4)  # one more epoch, not two
 
 
-def test_prediction_overlays_reach_tensorboard(make_cfg, tmp_path: Path) -> None:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    train(make_cfg([*TINY, "logger=tensorboard", "test=false"]))
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
-    events.Reload()
-    assert "val/overlays" in events.Tags()["images"]
-    image = events.Images("val/overlays")[-1]
-    assert image.width == 3 * 32 and image.height == 4 * 32  # image | GT | prediction, 4 rows
-
-
 def test_ddp_spawn_two_processes_give_the_one_process_metric(make_cfg, tmp_path: Path) -> None:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
@@ -163,3 +152,36 @@ def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert "model.optimizer.lr" in best["best_params"]
     assert 0.0 <= best["best_value"] <= 1.0
+
+
+def test_tensorboard_gets_config_text_and_titled_overlays(make_cfg, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(make_cfg([*TINY, "logger=tensorboard", "test=false", "seed=5"]))
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    acc = EventAccumulator(str(events), size_guidance={"tensors": 0, "images": 0})
+    acc.Reload()
+    text = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "usgs.methods.supervised.SupervisedSegmentation" in text and "seed: 5" in text
+    image = acc.Images("val/overlays")[-1]
+    # image | ground truth | prediction, 4 rows of >= 192 px tiles (32 px scaled 6x), titles, legend
+    assert image.width >= 3 * 192 and image.height >= 4 * 192 + 24
+
+
+def test_submitit_slurm_launcher_config_composes() -> None:
+    import warnings
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import get_class
+
+    GlobalHydra.instance().clear()
+    with warnings.catch_warnings():  # Hydra's note that the file is checked against the plugin's schema
+        warnings.simplefilter("ignore", UserWarning)
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("train", ["hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu"],
+                          return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher.partition == "gpu" and launcher.timeout_min > 0 and launcher.tasks_per_node == 1
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"  # the plugin is installed

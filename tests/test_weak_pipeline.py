@@ -3,6 +3,7 @@ online pseudo labels for crop-labelled samples (Vaihingen task ii), single-stage
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,33 +16,37 @@ from torch import Tensor, nn
 
 from usgs.methods.single_stage import RefinedMasks, SingleStage, SingleStageNet
 from usgs.priors.cam_saliency import OnlinePseudoLabeler, image_labels
-from usgs.run.priors import make_priors
 from usgs.run.train import train
 
 torch.set_num_threads(1)
 TINY = ["data.image_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4"]
 
 
-def test_classifier_to_cam_saliency_prior_to_deeplab(make_cfg: Callable[..., DictConfig], tmp_path: Path) -> None:
-    cfg = make_cfg(["experiment=classifier", *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-                    "callbacks.prediction_overlays=null", "model.pos_weight=null"])
-    train(cfg)
-    ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    prior_cfg = make_cfg(["prior=cam_saliency", f"prior.checkpoint={ckpt}", "data=shapes", *TINY, "progress=false"],
-                         config_name="make_priors")
-    report = make_priors(prior_cfg)
-    assert report["images"] == 8 and 0.0 <= report["coverage"] <= 100.0
-    datamodule = instantiate(prior_cfg.data)
+def test_weak_deeplab_is_one_command_classifier_to_pseudo_labels_to_deeplab(
+        make_cfg: Callable[..., DictConfig], tmp_path: Path, caplog) -> None:
+    """train.py experiment=weak_deeplab with no prior cache and no checkpoint: prior_auto trains the
+    classifier (the prior's train_command) on the run's data, makes the cam_saliency pseudo labels
+    with its checkpoint, then trains DeepLab on them."""
+    weak_cfg = make_cfg(["experiment=weak_deeplab", *TINY, "trainer.max_epochs=1", "trainer.limit_train_batches=1",
+                         "trainer.limit_val_batches=1", "test=false", "callbacks.prediction_overlays=null",
+                         "model.net.head_channels=16"])
+    weak_cfg.prior_model_overrides = ["trainer.max_epochs=1", "trainer.limit_train_batches=1", "logger=csv",
+                                      "callbacks.prediction_overlays=null", "model.pos_weight=null"]
+    with caplog.at_level("INFO"):
+        assert train(weak_cfg) is not None
+    assert "python make_priors.py prior=cam_saliency split=train data=shapes" in caplog.text
+    classifier = tmp_path / "prior_model"
+    assert "usgs.methods.classifier" in (classifier / "config.yaml").read_text()
+    report = json.loads((tmp_path / "priors" / "train" / "report.json").read_text())
+    assert report["images"] == 8 and 0.0 <= report["coverage"] <= 1.0
+    datamodule = instantiate(weak_cfg.data, prior=None)
     dataset = datamodule.dataset("train", transform=None)
     folder = tmp_path / "priors" / "shapes" / "train" / report["folder"]
     for i, name in enumerate(dataset.ids):
         pseudo = np.asarray(Image.open(folder / f"{name}.png"))
         present = set(image_labels(dataset.load(i), 7).tolist()) | {255}
         assert set(np.unique(pseudo).tolist()) <= present  # only the image's own classes, or ignore
-
-    weak_cfg = make_cfg(["experiment=weak_deeplab", *TINY, "trainer.fast_dev_run=true",
-                         "callbacks.prediction_overlays=null", "model.net.head_channels=16"])
-    assert train(weak_cfg) is not None
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
 class _FixedAttention:

@@ -4,39 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
-from torch import Tensor
 
-from usgs.data.transforms import denormalize
-
-
-def color_palette(n: int, base: np.ndarray | None = None) -> np.ndarray:
-    """``[n,3]`` uint8 colours: the dataset's palette first, then fixed pseudo-random ones."""
-    rng = np.random.default_rng(0)
-    extra = rng.integers(0, 256, size=(max(n, 1), 3), dtype=np.uint8)
-    if base is not None and len(base):
-        extra[: min(n, len(base))] = np.asarray(base, dtype=np.uint8)[:n]
-    return extra[:n]
-
-
-def overlay_panel(image: Tensor, mask: Tensor, pred: Tensor, palette: np.ndarray, alpha: float = 0.6) -> np.ndarray:
-    """One row ``[H, 3W, 3]`` uint8: image | ground truth over image | prediction over image (ignore stays grey)."""
-    rgb = denormalize(image[None])[0].cpu().numpy().astype(np.float32)
-    panels = [rgb]
-    for labels in (mask, pred):
-        ids = labels.cpu().numpy()
-        colours = np.full(rgb.shape, 128, dtype=np.float32)
-        valid = (ids >= 0) & (ids < len(palette))
-        colours[valid] = palette[ids[valid]]
-        panels.append(alpha * colours + (1 - alpha) * rgb)
-    return np.concatenate(panels, axis=1).clip(0, 255).astype(np.uint8)
+from usgs.visualize import color_palette, prediction_panel
 
 
 class PredictionOverlays(pl.Callback):
-    """Logs image / GT / prediction panels of the first validation batch every ``every_n_epochs``."""
+    """Logs image | ground truth | prediction of the first validation batch every ``every_n_epochs``:
+    tiles of at least 192 px, column titles and a legend of the class colours (``usgs.visualize``)."""
 
     def __init__(self, num_images: int = 4, every_n_epochs: int = 1) -> None:
         self.num_images = num_images
@@ -55,9 +32,11 @@ class PredictionOverlays(pl.Callback):
         metric = getattr(pl_module, "val_metric", None)
         num_ids = max(int(pred.max()) + 1, int(getattr(metric, "num_predictions", 0)),
                       int(getattr(pl_module, "num_classes", 0)))
-        palette = color_palette(num_ids, getattr(getattr(trainer, "datamodule", None), "palette", None))
-        grid = np.concatenate([overlay_panel(i, m, p, palette)
-                               for i, m, p in zip(images, batch["mask"], pred, strict=False)], axis=0)
+        datamodule = getattr(trainer, "datamodule", None)
+        palette = color_palette(num_ids, getattr(datamodule, "palette", None))
+        names = list(getattr(datamodule, "class_names", None) or getattr(pl_module, "class_names", []))
+        masks = batch["mask"][: len(images)] if "mask" in batch else [None] * len(images)
+        grid = prediction_panel(list(images), list(masks), list(pred), palette, names)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/overlays", grid, trainer.global_step, dataformats="HWC")

@@ -123,13 +123,15 @@ class KMeansEvaluation:
         assert out.saliency is not None
         return salient_prototypes(out.features, out.saliency, self.logit_threshold, self.logit_weighted)
 
-    def _fit(self, x: Tensor, k: int, device: torch.device) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
+    def _fit(self, x: Tensor, k: int, source: FeatureSource) -> tuple[tuple[Tensor, Tensor] | None, list[Tensor]]:
+        device = source.device
         if x.shape[0] < k:
             raise ValueError(f"k-means with k={k} needs at least {k} points, got {x.shape[0]} "
                              "(too few images / salient images in the split)")
         transform = pca_whitening(x) if self.pca_whiten else None
         xw = whiten(x.to(device), transform)
-        centers = [kmeans_large(xw, k, seed=s, iters=self.iters).centers for s in self.seeds]
+        centers = [kmeans_large(xw, k, seed=s, iters=self.iters).centers
+                   for s in source.bar(self.seeds, f"k-means (k={k}) per seed")]
         return transform, centers
 
     def run(self, train: FeatureSource, evaluation: FeatureSource, num_classes: int,
@@ -162,11 +164,11 @@ class KMeansEvaluation:
                             num_classes - 1)
                 image_clusters = [torch.zeros(all_protos.shape[0], dtype=torch.long) for _ in self.seeds]
             else:
-                transform, centers = self._fit(all_protos[all_valid], num_classes - 1, device)
+                transform, centers = self._fit(all_protos[all_valid], num_classes - 1, evaluation)
                 image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
                                   for c in centers]
         if self.pixels:
-            pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, device)
+            pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, evaluation)
 
         result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
         variants = (["prototypes"] if has_saliency else []) + (["pixels"] if self.pixels else [])

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from usgs.methods.dense_outputs import DenseOutputs, dense_outputs
 
@@ -30,17 +31,27 @@ class FeatureSource:
     features (see :func:`dense_outputs`); saliency is cached in float32 because protocols take its
     logit. ``flip`` averages each output with that of the horizontally mirrored image (STEGO's
     test-time flip). The loader must not shuffle (batches are matched across passes by position).
+    With ``progress``, every pass shows a bar named ``name`` (a pass's consumer, e.g. the scoring
+    with its dense CRF, runs inside it, so the bar covers that work too).
     """
 
     def __init__(self, module: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device,
-                 cache_mb: float = 1024.0, flip: bool = False, layer: str = "embedding") -> None:
+                 cache_mb: float = 1024.0, flip: bool = False, layer: str = "embedding",
+                 name: str = "features", progress: bool = False) -> None:
         self.module = module
         self.flip = flip
         self.layer = layer
         self.loader = loader
         self.device = device
         self.cache_bytes = cache_mb * 2**20
+        self.name = name
+        self.progress = progress
+        self._passes = 0
         self._cache: list[tuple[dict[str, Any], DenseOutputs]] | None = None
+
+    def bar(self, iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+        """``iterable`` with a progress bar when ``progress`` is on (also for the tasks' own loops)."""
+        return tqdm(iterable, desc=desc, total=total, unit="it", leave=False, disable=not self.progress)
 
     def _run(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         self.module.eval()  # frozen network, BN statistics included
@@ -55,6 +66,12 @@ class FeatureSource:
             yield _to_cpu(batch), DenseOutputs(out.features.cpu(), sal)
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
+        self._passes += 1
+        total = len(self._cache) if self._cache is not None else _length(self.loader)
+        what = "cached features" if self._cache is not None else "network"
+        yield from self.bar(self._iterate(), f"{self.name} pass {self._passes} ({what})", total)
+
+    def _iterate(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         if self._cache is not None:
             for batch, out in self._cache:
                 yield batch, self._at_image_size(batch, DenseOutputs(out.features.float(), out.saliency))
@@ -103,3 +120,9 @@ def salient_prototypes(features: Tensor, saliency: Tensor, logit_threshold: floa
     weight = torch.where(foreground, logit if logit_weighted else torch.ones_like(logit), torch.zeros_like(logit))
     sums = torch.einsum("bdhw,bhw->bd", features.float(), weight)
     return F.normalize(sums, dim=1), foreground.flatten(1).any(1), foreground
+
+def _length(loader: Iterable[Any]) -> int | None:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return None

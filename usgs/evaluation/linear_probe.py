@@ -93,7 +93,7 @@ class LinearProbe:
             for store, generator in zip(samples, generators):
                 store.append(sample_pixels(out.features, batch["mask"], self.pixels_per_image, generator))
         probes = []
-        for store in samples:
+        for store in train.bar(samples, "linear probe fit per seed"):
             x, y = torch.cat([s[0] for s in store]), torch.cat([s[1] for s in store])
             probes.append(fit_linear(x, y, num_classes, self.weight_decay, self.max_iter))
         metrics = [SegmentationMetric(num_classes) for _ in probes]

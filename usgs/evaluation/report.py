@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from usgs.callbacks import color_palette, overlay_panel
 from usgs.data.transforms import denormalize
+from usgs.visualize import color_palette, prediction_panel, write_png
 
 IGNORE_INDEX = 255
 # refine(image uint8 [H,W,3], probs float [C,H,W]) -> refined probs [C,H,W] (e.g. the dense CRF).
@@ -32,7 +29,8 @@ def mask_predictions(probs: Tensor, batch: dict[str, Any], refine: Refine | None
     return torch.stack(refined).argmax(dim=1)
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population std (ddof 0) over seeds, NaNs left out; NaN for no values."""
     arr = np.asarray(values, dtype=np.float64)
     if arr.size == 0 or np.isnan(arr).all():
         return math.nan, math.nan
@@ -63,8 +61,8 @@ class TaskResult:
             warnings.simplefilter("ignore", RuntimeWarning)
             iou_mean = [float(v) for v in np.nanmean(iou, axis=0)]
         self.scores[variant] = {
-            "miou": miou, "pixel_accuracy": acc, "miou_mean_std": _mean_std(miou),
-            "pixel_accuracy_mean_std": _mean_std(acc), "iou": iou_mean, "mapping": per_seed[0]["mapping"],
+            "miou": miou, "pixel_accuracy": acc, "miou_mean_std": mean_std(miou),
+            "pixel_accuracy_mean_std": mean_std(acc), "iou": iou_mean, "mapping": per_seed[0]["mapping"],
         }
 
     def add_examples(self, variant: str, batch: dict[str, Any], pred: Tensor) -> None:
@@ -112,19 +110,10 @@ def mapped(pred: Tensor, mapping: Tensor) -> Tensor:
     return lut.to(pred.device)[pred.long()]
 
 
-def _write_png(path: Path, rgb: np.ndarray) -> None:
-    ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"could not encode {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.tobytes())
-    os.replace(tmp, path)
-
-
 def save_overlays(results: Sequence[TaskResult], out_dir: str | Path, palette: np.ndarray | None,
                   num_classes: int) -> list[Path]:
-    """One PNG per task variant: rows of image | GT | (matched) prediction, written atomically."""
+    """One PNG per task variant: rows of image | GT | (matched) prediction with titles and a class
+    legend (``usgs.visualize``), written atomically."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     colours = color_palette(num_classes, palette)
@@ -134,10 +123,9 @@ def save_overlays(results: Sequence[TaskResult], out_dir: str | Path, palette: n
             if not examples:
                 continue
             mapping = r.scores.get(variant, {}).get("mapping")
-            rows = [overlay_panel(img, mask, mapped(p, mapping) if mapping is not None else p, colours)
-                    for img, mask, p in examples]
-            path = out / f"{r.task}_{variant}.png"
-            _write_png(path, np.concatenate(rows, axis=0))
-            written.append(path)
+            preds = [mapped(p, mapping) if mapping is not None else p for _, _, p in examples]
+            panel = prediction_panel([e[0] for e in examples], [e[1] for e in examples], preds, colours,
+                                     r.class_names, titles=("image", "ground truth", f"{r.task} ({variant})"))
+            written.append(write_png(out / f"{r.task}_{variant}.png", panel))
     return written
 

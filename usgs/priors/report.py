@@ -4,6 +4,7 @@ Semantic priors (cluster ids): mIoU and pixel accuracy with the suite's ``Segmen
 Hungarian-matched (one cluster per class; the number to read when G = number of classes) and
 majority-vote-matched (each cluster takes its most frequent class; the number to read when G >
 classes), as in the seed work's evaluation.
+All scores are fractions in [0, 1] (``report.json``), shown in percent in the Markdown tables.
 Saliency priors (1 = foreground): foreground IoU, F-beta with beta^2 = 0.3 (Achanta et al. 2009,
 the saliency literature's weighting of precision over recall) and MAE. IoU and F-beta come from the
 dataset-level confusion matrix; MAE is the mean over images of the per-image mean absolute error.
@@ -13,6 +14,7 @@ Pixels the prior leaves at 255 (no proposal) count as background; ground-truth 2
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,23 +22,28 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from usgs.metrics import SegmentationMetric
 from usgs.priors.cache import RawDataset, atomic_write
+from usgs.visualize import color_palette, colorize, draw_panel, legend_entries
 
-__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report"]
+__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report", "prior_panel",
+           "is_score"]
 
 IGNORE = 255
 BETA2 = 0.3
+# Score keys (fractions in JSON, percent in tables): miou, iou/<class>, pixel_accuracy, fbeta, ...
+SCORE_KEY = re.compile(r"(^|[/_])(miou|iou|pixel_accuracy|fbeta|precision|recall|mae|coverage)($|[/_])")
 
 
 def semantic_scores(
     preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int
 ) -> dict[str, float]:
-    """Hungarian and majority mIoU / pixel accuracy (in %) of cluster maps vs class masks.
+    """Hungarian and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
 
     Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
-    ``coverage`` (% of ground-truth-labelled pixels the prior labels) says how many that was.
+    ``coverage`` (fraction of ground-truth-labelled pixels the prior labels) says how many that was.
     """
     metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in ("hungarian", "majority")}
     labelled = covered = 0
@@ -52,14 +59,14 @@ def semantic_scores(
     out: dict[str, float] = {}
     for name, metric in metrics.items():
         scores = metric.compute()
-        out[f"miou_{name}"] = 100.0 * float(scores["miou"])
-        out[f"pixel_accuracy_{name}"] = 100.0 * float(scores["pixel_accuracy"])
-    out["coverage"] = 100.0 * covered / max(1, labelled)
+        out[f"miou_{name}"] = float(scores["miou"])
+        out[f"pixel_accuracy_{name}"] = float(scores["pixel_accuracy"])
+    out["coverage"] = covered / max(1, labelled)
     return out
 
 
 def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
-    """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (in %) of binary maps vs {0,1,255} masks."""
+    """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (fractions) of binary maps vs {0,1,255} masks."""
     metric = SegmentationMetric(2, matching="none")
     maes = []
     for pred, target in zip(preds, targets, strict=True):
@@ -76,21 +83,23 @@ def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) 
     fbeta = (1 + BETA2) * precision * recall / denom if denom > 0 else 0.0
     iou = float(tp / (tp + fp + fn)) if tp + fp + fn > 0 else float("nan")
     return {
-        "iou": 100 * iou,
-        "fbeta": 100 * fbeta,
-        "precision": 100 * precision,
-        "recall": 100 * recall,
-        "mae": 100 * float(np.mean(maes)) if maes else float("nan"),
+        "iou": iou,
+        "fbeta": fbeta,
+        "precision": precision,
+        "recall": recall,
+        "mae": float(np.mean(maes)) if maes else float("nan"),
     }
 
 
 def score_prior_dir(
-    prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int
+    prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth."""
     key = "mask" if kind == "semantic" else "saliency"
     preds, targets = [], []
-    for i, name in enumerate(dataset.ids):
+    names = tqdm(dataset.ids, desc=f"{Path(prior_dir).name}: scoring", unit="img", disable=not progress)
+    for i, name in enumerate(names):
         path = Path(prior_dir) / f"{name}.png"
         pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if pred is None:
@@ -108,17 +117,27 @@ def score_prior_dir(
     return saliency_scores(preds, targets)
 
 
+def is_score(key: str) -> bool:
+    """Whether a metric key is a score (IoU, accuracy, F-beta, MAE, coverage): stored as a fraction in
+    JSON files (``metrics.json``, ``report.json``), shown in percent in tables."""
+    return SCORE_KEY.search(key.lower()) is not None
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A Markdown table with the union of the rows' keys as columns (floats with 2 decimals)."""
+    """A Markdown table with the union of the rows' keys as columns: score columns (:func:`is_score`)
+    in percent with 1 decimal and ``(%)`` in the header, other floats with 2 decimals."""
     columns: list[str] = []
     for row in rows:
         columns += [c for c in row if c not in columns]
 
-    def fmt(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, float) else str(v)
+    def fmt(v: Any, column: str) -> str:
+        if isinstance(v, float):
+            return f"{100 * v:.1f}" if is_score(column) else f"{v:.2f}"
+        return str(v)
 
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    header = [f"{c} (%)" if is_score(c) else c for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, ""), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -129,3 +148,50 @@ def write_report(out_dir: str | Path, report: Mapping[str, Any], title: str) -> 
     text = f"# {title}\n\n" + markdown_table([report])
     atomic_write(out_dir / "report.md", text.encode())
     return text
+
+
+def prior_panel(
+    prior_dir: str | Path,
+    dataset: RawDataset,
+    kind: str,
+    num_classes: int,
+    num_labels: int,
+    palette: np.ndarray,
+    class_names: Sequence[str],
+    num_images: int = 6,
+) -> np.ndarray:
+    """image | prior | ground truth for the first ``num_images`` of the split (a fixed sample).
+
+    Semantic priors are drawn in the dataset's class colours: each cluster takes the class it
+    overlaps most in the shown images (majority matching), so the prior and the ground truth can be
+    compared by eye. Saliency priors are black (background) / white (foreground).
+    """
+    n = min(num_images, len(dataset))
+    key = "mask" if kind == "semantic" else "saliency"
+    samples = [dataset.load(i) for i in range(n)]
+    preds = [cv2.imread(str(Path(prior_dir) / f"{dataset.ids[i]}.png"), cv2.IMREAD_UNCHANGED) for i in range(n)]
+    has_gt = all(key in s for s in samples)
+    if kind == "semantic":
+        colours, names = color_palette(num_classes, palette), list(class_names)
+        lut = np.full(256, IGNORE, dtype=np.int64)
+        if has_gt:
+            metric = SegmentationMetric(num_classes, num_labels, matching="majority")
+            for pred, s in zip(preds, samples, strict=True):
+                labelled = pred != IGNORE  # as in semantic_scores: prior pixels at 255 are not scored
+                t = np.where(labelled, s[key], IGNORE).astype(np.int64)
+                p = np.where(labelled, pred, 0).astype(np.int64)
+                metric.update(torch.from_numpy(p)[None], torch.from_numpy(t)[None])
+            lut[:num_labels] = metric.compute()["mapping"].numpy()
+            lut[lut < 0] = IGNORE
+        else:  # nothing to match against: clusters keep their own ids
+            colours, names = color_palette(num_labels, palette), [f"cluster {i}" for i in range(num_labels)]
+            lut[:num_labels] = np.arange(num_labels)
+        preds = [lut[p] for p in preds]
+    else:
+        colours, names = np.array([[0, 0, 0], [255, 255, 255]], dtype=np.uint8), ["background", "foreground"]
+    titles = ["image", f"prior ({Path(prior_dir).name.rsplit('-', 1)[0]})"] + (["ground truth"] if has_gt else [])
+    rows = []
+    for pred, s in zip(preds, samples, strict=True):
+        row = [s["image"], colorize(pred, colours)]
+        rows.append(row + ([colorize(s[key], colours)] if has_gt else []))
+    return draw_panel(rows, titles, legend_entries(colours, names), label_columns=range(1, len(titles)))

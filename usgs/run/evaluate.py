@@ -30,7 +30,7 @@ from usgs.run.train import start_run
 log = logging.getLogger(__name__)
 
 
-def _device(name: str) -> torch.device:
+def device_from_name(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -60,16 +60,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                         type(module).__name__)
     datamodule: SegmentationDataModule = instantiate(data_cfg, _convert_="all")
     datamodule.prior = None  # evaluation reads the network's outputs, never a cached prior
-    device = _device(str(cfg.get("device", "auto")))
+    device = device_from_name(str(cfg.get("device", "auto")))
     module.to(device)
     task = instantiate(cfg.task, _convert_="all")
     cache_mb = float(cfg.get("cache_mb", 1024))
     flip = bool(cfg.get("flip", False))
     layer = str(getattr(task, "layer", "embedding"))  # the features the task reads
+    progress = bool(cfg.get("progress", True))
     train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb,
-                          flip, layer)
+                          flip, layer, name="train split", progress=progress)
     evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device,
-                               cache_mb, flip, layer)
+                               cache_mb, flip, layer, name=f"{cfg.split} split", progress=progress)
+    log.info("%s on %s/%s (progress bars: one per pass over a split)", cfg.task._target_.rsplit(".", 1)[-1],
+             datamodule.name, cfg.split)
     crf_params: dict[str, Any] = dict(MASKCONTRAST_CRF)
     refine = functools.partial(dense_crf, **crf_params) if cfg.get("crf") else None
     result = task.run(train, evaluation, datamodule.num_classes, list(datamodule.class_names), refine)

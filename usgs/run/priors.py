@@ -15,18 +15,21 @@ registered in ``conf/make_priors.yaml``).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
+import cv2
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from usgs.data.prior_store import prior_dir_name
 from usgs.priors.cache import compute_prior, config_hash
-from usgs.priors.report import score_prior_dir, write_report
+from usgs.priors.report import prior_panel, score_prior_dir, write_report
 from usgs.run.outputs import git_sha
+from usgs.visualize import write_png
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,11 @@ def _build_prior(cfg: DictConfig) -> tuple[str, int, Any]:
 def make_priors(cfg: DictConfig) -> dict[str, Any]:
     """Compute (or resume) the prior cache of ``cfg.split`` and write + print its quality report."""
     torch.manual_seed(int(cfg.seed))
+    # The benchmark's thread counts (bench/priors.py --threads 1 under OMP_NUM_THREADS=1): on a
+    # shared CPU more torch / OpenCV threads than cores made the fast prior ~30x slower.
+    threads = int(cfg.get("threads", 1))
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(threads)
     name, workers, prior = _build_prior(cfg)
     datamodule = instantiate(cfg.data, prior=None)
     dataset = datamodule.dataset(cfg.split, transform=None)
@@ -122,11 +130,30 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
         "no_proposal": manifest["counts"]["no_proposal"],
         "ms_per_image": manifest["ms_per_image"],
     }
-    try:
-        report.update(score_prior_dir(out_dir, dataset, prior.kind, datamodule.num_classes, prior.num_labels))
-    except KeyError as err:  # a split without ground truth: the prior is still usable
-        log.warning("not scored: %s", err)
+    report.update(_scores(out_dir, report, dataset, prior, datamodule.num_classes, bool(cfg.progress)))
     for path in {out_dir, Path(cfg.paths.output_dir)}:
         text = write_report(path, report, f"prior {out_dir.name} on {datamodule.name}/{cfg.split}")
+    panel = prior_panel(out_dir, dataset, prior.kind, datamodule.num_classes, prior.num_labels,
+                        datamodule.palette, datamodule.class_names, int(cfg.get("panel_images", 6)))
+    for path in {out_dir, Path(cfg.paths.output_dir)}:
+        write_png(path / "panel.png", panel)
     print(text)
+    print(f"[usgs] report and panel (image | prior | ground truth): {out_dir}/report.md, {out_dir}/panel.png")
     return report
+
+
+def _scores(out_dir: Path, report: dict[str, Any], dataset: Any, prior: Any, num_classes: int,
+            progress: bool) -> dict[str, Any]:
+    """The quality scores of a finished cache; read back from its ``report.json`` when that was
+    written for the same cache (same folder, images and timing: the manifest's), else computed."""
+    previous = out_dir / "report.json"
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if all(old.get(k) == report[k] for k in ("folder", "images", "ms_per_image", "k")):
+            log.info("scores read from %s (the cache is unchanged)", previous)
+            return {k: v for k, v in old.items() if k not in report}
+    try:
+        return score_prior_dir(out_dir, dataset, prior.kind, num_classes, prior.num_labels, progress=progress)
+    except KeyError as err:  # a split without ground truth: the prior is still usable
+        log.warning("not scored: %s", err)
+        return {}

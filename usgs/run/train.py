@@ -9,9 +9,11 @@ from typing import Any
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from usgs.callbacks import StoreConfig
 from usgs.run.outputs import atomic_write_text, flat_metrics, git_sha, write_metrics
+from usgs.run.prior_auto import ensure_priors
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +24,12 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(container, dict)
     container.pop("hydra", None)
     return container  # type: ignore[return-value]
+
+
+def config_text(config: dict[str, Any], sha: str) -> str:
+    """The resolved config as Markdown for TensorBoard's text tab (indented: a code block)."""
+    body = OmegaConf.to_yaml(OmegaConf.create(config))
+    return f"git {sha}\n\n" + "\n".join("    " + line for line in body.splitlines())
 
 
 def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
@@ -46,6 +54,7 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the best checkpoint; returns ``cfg.optimized_metric``."""
     run_dir, config, sha = start_run(cfg)
+    ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
@@ -55,6 +64,8 @@ def train(cfg: DictConfig) -> float | None:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     for logger in loggers:
         logger.log_hyperparams({"git_sha": sha, **config})
+        if isinstance(logger, TensorBoardLogger):  # the whole resolved config, readable in TEXT
+            logger.experiment.add_text("config", config_text(config, sha), 0)
 
     resume = None
     if cfg.get("resume"):
@@ -70,7 +81,8 @@ def train(cfg: DictConfig) -> float | None:
         metrics.update(trainer.callback_metrics)
     metrics_path = write_metrics(run_dir, metrics)
     final = flat_metrics(metrics)
-    summary = ", ".join(f"{k}={final[k]:.4f}" for k in ("val/miou_best", "test/miou") if k in final)
+    # fractions in metrics.json, percent when printed
+    summary = ", ".join(f"{k}={100 * final[k]:.1f}%" for k in ("val/miou_best", "test/miou") if k in final)
     log.info("Finished: %s. Metrics: %s; logs and checkpoints: %s", summary, metrics_path, run_dir)
     print(f"[usgs] {summary}\n[usgs] metrics: {metrics_path}\n[usgs] run directory: {run_dir}")
     name = cfg.get("optimized_metric")

@@ -1,0 +1,24 @@
+"""Segment your own images with a trained checkpoint:
+`python predict.py ckpt_path=<run>/checkpoints/last.ckpt input=<image or folder> output=<folder>`."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from usgs.run.predict import predict
+
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
