@@ -10,7 +10,7 @@ from usgs.priors.cam import GradCAM, binarize
 
 
 class _Linear(nn.Module):
-    """scores = W . mean_pixels(A) with A = the input itself: Grad-CAM_c = ReLU(W_c . A) / max."""
+    """scores = W . mean_pixels(A) with A = the input itself: Grad-CAM_c = minmax(ReLU(W_c . A))."""
 
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
@@ -21,19 +21,27 @@ class _Linear(nn.Module):
         return self.feat(x * 1.0).mean(dim=(2, 3)) @ self.weight.T
 
 
-def test_gradcam_equals_the_normalised_linear_map() -> None:
+@pytest.mark.parametrize("normalize", ["minmax", "max"])
+def test_gradcam_equals_the_normalised_linear_map(normalize: str) -> None:
     torch.manual_seed(0)
-    acts = torch.randn(2, 2, 5, 6)
+    acts = torch.randn(2, 2, 5, 6) + 0.5  # offset: ReLU(W . A) > 0 everywhere for some classes
     weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
-    cams = GradCAM(_Linear(weight), "feat")(acts, labels)
+    cams = GradCAM(_Linear(weight), "feat", normalize=normalize)(acts, labels)
     for b in range(2):
         for c in range(3):
-            expected = torch.relu(torch.einsum("k,khw->hw", weight[c], acts[b]))
-            expected = expected / expected.max() if labels[b, c] else torch.zeros(5, 6)
+            raw = torch.relu(torch.einsum("k,khw->hw", weight[c], acts[b]))
+            low = raw.min() if normalize == "minmax" else 0.0  # the seed: (cam - min) / max(cam - min)
+            expected = (raw - low) / (raw.max() - low) if labels[b, c] else torch.zeros(5, 6)
             torch.testing.assert_close(cams[b, c], expected)
     assert cams.max() == 1.0 and cams.min() >= 0.0
-    assert binarize(cams, 0.4).sum() == (cams >= 0.4).sum()
+    # the two normalisations differ on this case: some raw map has a positive minimum
+    assert (torch.relu(torch.einsum("ck,bkhw->bchw", weight, acts)).flatten(2).amin(-1) > 0).any()
+
+
+def test_binarize_is_strict_as_the_seed() -> None:
+    cams = torch.tensor([[0.39, 0.4, 0.41]])
+    assert binarize(cams, 0.4).tolist() == [[False, False, True]]  # seed: attention > 0.4
 
 
 def test_unknown_layer_lists_valid_names() -> None:
@@ -52,7 +60,7 @@ def test_classifier_gradcam_at_its_scoring_features_is_its_cam() -> None:
         model.scorer.bias.zero_()  # Grad-CAM has no bias term
     image = torch.randn(1, 3, 64, 64)
     labels = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
-    cams = GradCAM(model, "backbone.features.42")(image, labels)  # the default layer
+    cams = GradCAM(model, "backbone.features.42", normalize="max")(image, labels)  # the default layer
     with torch.no_grad():
         cam = torch.relu(model.cam(image))
         cam = torch.nn.functional.interpolate(cam, size=(64, 64), mode="bilinear", align_corners=False)
