@@ -24,7 +24,7 @@ class _Linear(nn.Module):
 @pytest.mark.parametrize("normalize", ["minmax", "max"])
 def test_gradcam_equals_the_normalised_linear_map(normalize: str) -> None:
     torch.manual_seed(0)
-    acts = torch.randn(2, 2, 5, 6) + 0.5  # offset: ReLU(W . A) > 0 everywhere for some classes
+    acts = torch.rand(2, 2, 5, 6) * 2 + 0.5  # positive: ReLU(W . A) > 0 everywhere for classes 0, 1
     weight = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, -1.0]])
     labels = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]])
     cams = GradCAM(_Linear(weight), "feat", normalize=normalize)(acts, labels)
@@ -68,3 +68,43 @@ def test_classifier_gradcam_at_its_scoring_features_is_its_cam() -> None:
         torch.testing.assert_close(cams[0, c], cam[0, c] / cam[0, c].max(), atol=1e-4, rtol=1e-4)
     assert (cams[0, 2:] == 0).all()
     assert model.training is False
+
+
+def _vgg_fc_classifier(num_classes: int = 3):
+    from usgs.methods.classifier import ImageClassifier
+    from usgs.nets.backbones import vgg16_bn
+    from usgs.nets.vgg import VGGClassifierHead
+
+    return ImageClassifier(vgg16_bn(), num_classes=num_classes, head=VGGClassifierHead(num_classes, hidden=8))
+
+
+def test_vgg_fc_classifier_has_torchvision_keys() -> None:
+    model = _vgg_fc_classifier()
+    conv = [0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40]  # torchvision vgg16_bn's conv indices
+    expected = set()
+    for i in conv:
+        expected |= {f"features.{i}.weight", f"features.{i}.bias"}
+        expected |= {f"features.{i + 1}.{k}" for k in ("weight", "bias", "running_mean", "running_var",
+                                                       "num_batches_tracked")}
+    expected |= {f"classifier.{i}.{k}" for i in (0, 3, 6) for k in ("weight", "bias")}
+    keys = {k.removeprefix("backbone.").removeprefix("head.") for k in model.state_dict() if k != "pos_weight"}
+    assert keys == expected
+    assert model.head.classifier[0].in_features == 512 * 7 * 7
+
+
+def test_gradcam_through_the_fully_connected_head() -> None:
+    torch.manual_seed(0)
+    model = _vgg_fc_classifier().eval()
+    image = torch.randn(1, 3, 64, 64)
+    labels = torch.tensor([[0.0, 1.0, 0.0]])
+    with torch.inference_mode():  # as in Lightning's validation loop
+        cams = GradCAM(model, "backbone.features.42")(image, labels)
+        assert model.predict(image).shape == (1, 3, 64, 64)
+    # Grad-CAM written out: weights = spatial mean of d score_1 / d A at features.42 (4x4 here)
+    acts = model.backbone(image)["stage5"].detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.head(acts)[0, 1], acts)
+    raw = torch.relu((grad.mean(dim=(2, 3), keepdim=True) * acts).sum(1, keepdim=True)).detach()
+    raw = torch.nn.functional.interpolate(raw, size=(64, 64), mode="bilinear", align_corners=False)[0, 0]
+    expected = (raw - raw.min()) / (raw.max() - raw.min())
+    torch.testing.assert_close(cams[0, 1], expected, atol=1e-4, rtol=1e-4)
+    assert (cams[0, [0, 2]] == 0).all()

@@ -49,9 +49,10 @@ class GradCAM:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad():
-                # Input grads make every activation differentiable, even in a frozen backbone.
-                scores = self.model(image.detach().requires_grad_(True))
+            # Works inside a validation loop too: inference mode off, and a normal (cloned) input
+            # whose gradient makes every activation differentiable, even in a frozen backbone.
+            with torch.inference_mode(False), torch.enable_grad():
+                scores = self.model(image.detach().clone().requires_grad_(True))
                 if not captured:
                     raise RuntimeError(f"layer {self.layer_name!r} was not used in the forward pass")
                 acts = captured[-1]
@@ -79,8 +80,10 @@ def max_normalize(cams: Tensor) -> Tensor:
 
 def minmax_normalize(cams: Tensor) -> Tensor:
     """[B,C,H,W] mapped to [0, 1] per map, ``(x - min) / (max - min)`` (constant maps become zero)."""
-    low = cams.flatten(2).amin(-1)[:, :, None, None]
-    return max_normalize(cams - low)
+    shifted = cams - cams.flatten(2).amin(-1)[:, :, None, None]
+    top = shifted.flatten(2).amax(-1)[:, :, None, None]
+    # the seed divides by the maximum with no epsilon: tiny maps of a weak class still span [0, 1]
+    return torch.where(top > 0, shifted / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(shifted))
 
 
 _NORMALIZERS = {"minmax": minmax_normalize, "max": max_normalize}
