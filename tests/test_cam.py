@@ -108,3 +108,12 @@ def test_gradcam_through_the_fully_connected_head() -> None:
     expected = (raw - raw.min()) / (raw.max() - raw.min())
     torch.testing.assert_close(cams[0, 1], expected, atol=1e-4, rtol=1e-4)
     assert (cams[0, [0, 2]] == 0).all()
+
+
+def test_vgg_fc_head_has_torchvision_vgg16_bn_size() -> None:
+    from usgs.nets.backbones import vgg16_bn
+    from usgs.nets.vgg import VGGClassifierHead
+
+    with torch.device("meta"):  # shapes only: no 500 MB allocation
+        total = sum(p.numel() for m in (vgg16_bn(), VGGClassifierHead(1000)) for p in m.parameters())
+    assert total == 138_365_992  # torchvision's published parameter count of vgg16_bn (ImageNet, 1000 classes)
