@@ -59,3 +59,22 @@ def test_multiscale_flip_inference() -> None:
         bg3 = _model(background_index=0, test_scales=(1.0, 0.5), bg_pow=3.0).eval().predict(image)
     torch.testing.assert_close(bg3[:, 0], bg1[:, 0] ** 3)  # BG_POW on the background channel only
     torch.testing.assert_close(bg3[:, 1:], bg1[:, 1:])
+
+
+def test_test_crf_refines_the_merged_masks() -> None:
+    import pytest
+
+    pytest.importorskip("pydensecrf")
+    from usgs.data.transforms import denormalize
+    from usgs.priors.crf import WEAK_CRF, dense_crf
+
+    model = _model(test_crf=WEAK_CRF).eval()
+    image = torch.randn(1, 3, 32, 32)
+    mask = torch.randint(0, 3, (1, 32, 32))
+    with torch.no_grad():
+        model.test_step({"image": image, "mask": mask}, 0)
+        probs = model.predict(image)[0].numpy()
+    # the authors' crf_inference on the merged masks, then arg-max
+    refined = dense_crf(denormalize(image)[0].numpy(), probs, **WEAK_CRF).argmax(0)
+    expected = float((refined == mask[0].numpy()).mean())
+    assert float(model.test_metric.compute()["pixel_accuracy"]) == pytest.approx(expected, abs=1e-6)

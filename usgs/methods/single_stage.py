@@ -102,7 +102,8 @@ class SingleStage(SegmentationModule):
     With ``background_index`` set, that channel has the constant logit ``bg_logit`` (1.0, the authors'
     constant background score) and is always allowed; without it (e.g. Stanford Background, where
     every pixel has a class) only the image's classes compete. ``predict`` returns class probabilities,
-    keeping classes whose image score passes ``fp_cut_score`` (the authors' false-positive cut, 0.3).
+    keeping classes whose image score passes ``fp_cut_score`` (0.3: the authors' ResNet-50 config; 0.1 in
+    their defaults and ResNet-38 config).
 
     The authors' training and inference (``models/backbones/base_net.py``, ``infer_val.py``):
     ``freeze_backbone_bn`` keeps the backbone's BN statistics and affine parameters fixed (ImageNet's);
