@@ -37,11 +37,48 @@ def test_seed_rules_on_hand_built_arrays() -> None:
     np.testing.assert_array_equal(out, expected)  # blob B: no class -> ignore
 
 
-def test_unmatched_blob_can_become_background_as_in_the_seed_code() -> None:
+def test_unlabelled_pixels_become_background_as_in_the_seed_code() -> None:
     image, attention, saliency = _scene()
-    out = attention_saliency_pseudo_gt(image, attention, [3, 5], saliency, unmatched_label=0)
-    assert (out[20:30, 2:12] == 0).all()
-    assert (out[2:12, 2:12] == 3).all()
+    out = attention_saliency_pseudo_gt(image, attention, [3, 5], saliency, unmatched_label=0, fill_label=0)
+    expected = np.zeros((H, W), dtype=np.uint8)  # the seed: merged_mask[merged_mask == 255] = 0
+    expected[2:12, 2:12] = 3
+    expected[30:38, 30:38] = 5
+    expected[15:18, 20:25] = 5
+    expected[18:21, 25:29] = 5
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_attention_outside_saliency_is_kept_per_blob() -> None:
+    image = np.full((H, W, 3), 128, dtype=np.uint8)
+    saliency = np.zeros((H, W), dtype=np.uint8)
+    saliency[5:15, 5:15] = 1  # one salient blob
+    attention = np.zeros((1, H, W), dtype=np.float32)
+    attention[0, 10:20, 10:30] = 0.8  # one class-2 blob, half inside the salient blob, half outside
+    attention[0, 30:36, 30:36] = 0.8  # a second class-2 blob far from any saliency
+    seed = attention_saliency_pseudo_gt(image, attention, [2], saliency)
+    expected = np.full((H, W), 255, dtype=np.uint8)
+    expected[5:15, 5:15] = 2  # the salient blob takes the class of the blob touching it
+    expected[30:36, 30:36] = 2  # the blob touching no salient blob is kept whole
+    np.testing.assert_array_equal(seed, expected)  # the touching blob's outside part is NOT kept
+    per_pixel = attention_saliency_pseudo_gt(image, attention, [2], saliency, isolated="pixel")
+    expected[10:20, 10:30] = 2  # the earlier per-pixel rule keeps it
+    np.testing.assert_array_equal(per_pixel, expected)
+
+
+def test_thin_blobs_are_dropped_as_in_the_seed() -> None:
+    image = np.full((H, W, 3), 128, dtype=np.uint8)
+    saliency = np.zeros((H, W), dtype=np.uint8)
+    saliency[20, :] = 1  # a one-row salient line of 40 px > 1% (16 px): zero-area bounding box
+    attention = np.zeros((1, H, W), dtype=np.float32)
+    attention[:, 2:38, 5] = 0.9  # a one-column attention line of 36 px > 25
+    out = attention_saliency_pseudo_gt(image, attention, [1], saliency)
+    assert (out == 255).all()  # both lines dropped
+    kept = attention_saliency_pseudo_gt(image, attention, [1], saliency, drop_thin_blobs=False)
+    expected = np.full((H, W), 255, dtype=np.uint8)
+    expected[20, :] = 1  # the line touches the attention: one class -> the whole salient line
+    expected[2:38, 5] = 1  # the attention line touches the salient line: only its overlap is written
+    expected[[r for r in range(2, 38) if r != 20], 5] = 255
+    np.testing.assert_array_equal(kept, expected)
 
 
 def test_threshold_and_minimum_size_are_configurable() -> None:

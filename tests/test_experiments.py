@@ -28,7 +28,8 @@ FAST = ["data=shapes", "data.image_size=32", "data.batch_size=4", "data.eval_bat
 VAIHINGEN_SAMPLE = ["data.train_tiles=[1]", "data.weak_tiles=[1]", "data.val_tiles=[1]", "data.crop_size=64",
                     "data.train_transform.crop_size=64", "data.crops_per_tile=4", "data.tile_size=128",
                     "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
-                    "data.persistent_workers=false", "logger=csv"]
+                    "data.persistent_workers=false", "logger=csv",
+                    "data.train_gt=eroded"]  # the sample has no full (non-eroded) ground truth
 # Experiments that need a checkpoint of another one: (experiment to train first, key to point at it).
 PREREQUISITES = {"vaihingen_task2": ("vaihingen_classifier", "model.pseudo_labeler.checkpoint")}
 

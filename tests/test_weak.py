@@ -90,16 +90,46 @@ def test_weak_deeplab_target_mixes_prior_and_mask() -> None:
     assert torch.equal(model.target(batch), batch["mask"])
 
 
-def test_encdec_unpool_restores_resolution_and_rejects_odd_sizes() -> None:
+def test_encdec_unpool_restores_resolution_at_the_seed_crop_size() -> None:
     from usgs.nets.encdec_unpool import EncDecUnpool
 
-    net = EncDecUnpool(num_classes=5).eval()
+    net = EncDecUnpool(num_classes=6).eval()
     with torch.no_grad():
-        out = net(torch.randn(1, 3, 64, 96))
-    assert out.shape == (1, 5, 64, 96)
-    assert sum(isinstance(m, torch.nn.Dropout2d) and m.p == 0.5 for m in net.decoder.modules()) == 5
-    with pytest.raises(ValueError, match="divisible by 32"):
-        net(torch.randn(1, 3, 50, 64))
+        assert net(torch.randn(1, 3, 64, 96)).shape == (1, 6, 64, 96)
+        assert net(torch.randn(1, 3, 200, 200)).shape == (1, 6, 200, 200)  # the seed's 200 px tiles
+    # the seed: element-wise Dropout(0.5) right after each of the 5 unpoolings, no channel dropout
+    assert isinstance(net.unpool_dropout, torch.nn.Dropout) and net.unpool_dropout.p == 0.5
+    assert not any(isinstance(m, torch.nn.Dropout2d) for m in net.modules())
+    # decoder convs per stage as the seed's conv5_3_D ... conv1_2_D: 3, 3, 3, 2, 1 (+ conv1_1_D)
+    assert [sum(isinstance(m, torch.nn.Conv2d) for m in b.modules()) for b in net.decoder] == [3, 3, 3, 2, 1]
+    suite = EncDecUnpool(num_classes=6, block_order="conv_bn_relu", dropout_after_unpool=False)
+    assert sum(isinstance(m, torch.nn.Dropout2d) for m in suite.decoder.modules()) == 5
+    with pytest.raises(ValueError, match="at least 32"):
+        net(torch.randn(1, 3, 16, 64))
+
+
+def test_encdec_unpool_block_order() -> None:
+    from usgs.nets.encdec_unpool import EncDecUnpool
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    for order in ("conv_relu_bn", "conv_bn_relu"):
+        net = EncDecUnpool(num_classes=2, block_order=order).eval()
+        conv, bn = net.backbone.features[0], net.backbone.features[1]
+        with torch.no_grad():
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            y = conv(x)
+            scale = (bn.weight / torch.sqrt(bn.running_var + bn.eps))[None, :, None, None]
+            shift = (bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps))[None, :, None, None]
+            # the seed's conv1_1_bn(F.relu(conv1_1(x))) vs the usual relu(bn(conv(x))), BN as an affine map
+            expected = torch.relu(y) * scale + shift if order == "conv_relu_bn" else torch.relu(y * scale + shift)
+            captured = []
+            handle = bn.register_forward_hook(lambda _m, _i, out, store=captured: store.append(out.clone()))
+            net(x)
+            handle.remove()
+            got = captured[0] if order == "conv_relu_bn" else torch.relu(captured[0])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_rare_class_sampler_favours_rare_samples() -> None:
@@ -125,5 +155,9 @@ def test_max_unpool_matches_torch() -> None:
     x = torch.randn(2, 3, 8, 12)
     pooled, indices = torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True)
     torch.testing.assert_close(
-        max_unpool(pooled, indices), torch.nn.functional.max_unpool2d(pooled, indices, 2, 2)
+        max_unpool(pooled, indices, (8, 12)), torch.nn.functional.max_unpool2d(pooled, indices, 2, 2)
     )
+    odd = torch.randn(2, 3, 25, 13)  # odd sizes: the pooling drops the last row / column
+    pooled, indices = torch.nn.functional.max_pool2d(odd, 2, 2, return_indices=True)
+    torch.testing.assert_close(max_unpool(pooled, indices, (25, 13)),
+                               torch.nn.functional.max_unpool2d(pooled, indices, 2, 2, output_size=(25, 13)))

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -62,8 +63,26 @@ class _FixedAttention:
         return maps * labels[:, :, None, None]
 
 
-def test_online_pseudo_labels_only_for_crop_labelled_samples(make_cfg: Callable[..., DictConfig]) -> None:
-    labeler = OnlinePseudoLabeler(_FixedAttention())
+def _trained(tmp_path: Path) -> str:
+    """A checkpoint file for :class:`_FixedAttention`'s model (its maps do not depend on it)."""
+    path = tmp_path / "attention.ckpt"
+    torch.save({"state_dict": nn.Linear(1, 1).state_dict()}, path)
+    return str(path)
+
+
+def test_online_pseudo_labeler_without_checkpoint_is_an_error(make_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(ValueError, match="needs a trained attention model"):
+        OnlinePseudoLabeler(_FixedAttention(), checkpoint=None)
+    cfg = make_cfg(["experiment=vaihingen_task2", "model.pseudo_labeler.checkpoint=null"])
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    node["net"] = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 6, "kernel_size": 1}
+    with pytest.raises(Exception, match="needs a trained attention model"):  # not a random classifier
+        instantiate(node, _convert_="all")
+
+
+def test_online_pseudo_labels_only_for_crop_labelled_samples(make_cfg: Callable[..., DictConfig],
+                                                             tmp_path: Path) -> None:
+    labeler = OnlinePseudoLabeler(_FixedAttention(), checkpoint=_trained(tmp_path))
     image = torch.zeros(2, 3, 16, 16)
     labels = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
     pseudo = labeler(image, labels)
@@ -73,9 +92,9 @@ def test_online_pseudo_labels_only_for_crop_labelled_samples(make_cfg: Callable[
     cfg = make_cfg(["experiment=vaihingen_task2", "model.pseudo_labeler.checkpoint=null"])
     node = OmegaConf.to_container(cfg.model, resolve=True)
     node["net"] = {"_target_": "torch.nn.Conv2d", "in_channels": 3, "out_channels": 5, "kernel_size": 1}
+    node["pseudo_labeler"] = None
     model = instantiate(node, _convert_="all")
-    assert isinstance(model.pseudo_labeler, OnlinePseudoLabeler)
-    model.pseudo_labeler = OnlinePseudoLabeler(_FixedAttention())
+    model.pseudo_labeler = OnlinePseudoLabeler(_FixedAttention(), checkpoint=_trained(tmp_path))
     mask = torch.full((2, 16, 16), 255, dtype=torch.long)
     mask[0] = 3  # an N1 crop with pixel labels, then an N2 crop with crop-level labels only
     batch = {"image": image, "mask": mask, "index": torch.arange(2),

@@ -25,6 +25,7 @@ def sample_overrides(shared_data: Path) -> list[str]:
         "data.train_tiles=[1]",
         "data.weak_tiles=[]",
         "data.val_tiles=[1]",
+        "data.train_gt=eroded",  # the sample has no full (non-eroded) ground truth
         "data.crop_size=64",
         "data.train_transform.crop_size=64",
         "data.crops_per_tile=4",
@@ -62,14 +63,27 @@ def test_task1_tiles_and_sliding_window_end_to_end(
     datamodule = instantiate(cfg.data, _convert_="all")
     dataset = datamodule.dataset("val")
     assert len(dataset) == 16 and dataset[0]["image"].shape == (3, 128, 128)
-    metric = SegmentationMetric(num_classes=5)
+    metric = SegmentationMetric(num_classes=6)  # the seed trains and predicts 6 classes (clutter too)
     model.eval()
     with torch.no_grad():
         for i in range(len(dataset)):
             sample = dataset[i]
             logits = model.predict_full(sample["image"][None])
-            assert logits.shape == (1, 5, 128, 128)
+            assert logits.shape == (1, 6, 128, 128)
             metric.update(logits, sample["mask"][None])
     scores = metric.compute()
     assert abs(float(scores["miou"]) - metrics["test/miou"]) < 1e-4
     assert int(metric.confmat.sum()) > 0.5 * 512 * 512  # the eroded GT ignores only boundaries
+
+
+def test_seed_trains_on_the_full_ground_truth_and_we_score_on_the_eroded_one(shared_data: Path) -> None:
+    import pytest
+
+    from usgs.data.vaihingen import VaihingenDataModule
+
+    datamodule = VaihingenDataModule(root=str(shared_data / "vaihingen_sample"), gt="eroded", train_gt="full",
+                                     ignore_clutter=False, num_classes=6, train_tiles=[1], weak_tiles=[], val_tiles=[1],
+                                     crop_size=64, crops_per_tile=1, tile_size=128, num_workers=0)
+    assert datamodule.dataset("val", transform=None).load(0)["mask"].shape == (128, 128)  # eroded GT
+    with pytest.raises(FileNotFoundError, match="gts_for_participants"):  # full GT, absent from the sample
+        datamodule.dataset("train", transform=None).load(0)

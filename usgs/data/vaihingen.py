@@ -134,7 +134,8 @@ class VaihingenDataset(SegmentationDataset):
 class VaihingenDataModule(SegmentationDataModule):
     """ISPRS Vaihingen with the seed's N1 / N2 / validation split.
 
-    Args (besides the base ones): ``gt`` ("eroded" | "full"), ``ignore_clutter``, ``train_set``
+    Args (besides the base ones): ``gt`` ("eroded" | "full", scored on val/test), ``train_gt`` (the
+    training split's ground truth, ``None`` = ``gt``; the seed trained on the full one), ``ignore_clutter``, ``train_set``
     ("n1" | "n2" | "n1+n2"), ``split_seed`` / ``n1`` / ``n2``, explicit ``train_tiles`` (N1),
     ``weak_tiles`` (N2), ``val_tiles`` (area numbers; override the seeded split), ``crop_size`` and
     ``crops_per_tile`` for training, ``tile_size`` for the evaluation grid.
@@ -146,6 +147,7 @@ class VaihingenDataModule(SegmentationDataModule):
         self,
         *,
         gt: str = "eroded",
+        train_gt: str | None = None,
         ignore_clutter: bool = True,
         train_set: str = "n1",
         split_seed: int = 341,
@@ -159,8 +161,9 @@ class VaihingenDataModule(SegmentationDataModule):
         tile_size: int = 512,
         **kwargs: Any,
     ) -> None:
-        if gt not in GT_DIRS:
-            raise ValueError(f"gt={gt!r}; valid: {list(GT_DIRS)}")
+        for key, value in (("gt", gt), ("train_gt", train_gt or gt)):
+            if value not in GT_DIRS:
+                raise ValueError(f"{key}={value!r}; valid: {list(GT_DIRS)}")
         if train_set not in ("n1", "n2", "n1+n2"):
             raise ValueError(f"train_set={train_set!r}; valid: ['n1', 'n2', 'n1+n2']")
         self.class_names = ALL_CLASS_NAMES[:5] if ignore_clutter else ALL_CLASS_NAMES
@@ -172,7 +175,7 @@ class VaihingenDataModule(SegmentationDataModule):
             "n2": list(weak_tiles if weak_tiles is not None else split["n2"]),
             "val": list(val_tiles if val_tiles is not None else split["val"]),
         }
-        self.gt, self.ignore_clutter, self.train_set = gt, ignore_clutter, train_set
+        self.gt, self.train_gt, self.ignore_clutter, self.train_set = gt, train_gt or gt, ignore_clutter, train_set
         self.crop_size, self.crops_per_tile, self.tile_size = crop_size, crops_per_tile, tile_size
 
     @property
@@ -197,7 +200,7 @@ class VaihingenDataModule(SegmentationDataModule):
         self, split: str, transform: Transform | None, prior_dir: Path | None
     ) -> VaihingenDataset:
         root = self.require_root(LAYOUT)
-        gt_folder, pattern = GT_DIRS[self.gt]
+        gt_folder, pattern = GT_DIRS[self.train_gt if split == "train" else self.gt]
         if split == "train":
             tiles = [(a, True) for a in self.tiles["n1"]] if "n1" in self.train_set else []
             tiles += [(a, False) for a in self.tiles["n2"]] if "n2" in self.train_set else []

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usgs.data.transforms import denormalize
-from usgs.methods.base import OptimizerFactory, SegmentationModule, split_backbone_params
+from usgs.methods.base import OptimizerFactory, SegmentationModule
 from usgs.methods.gwp import (
     balanced_self_supervision_loss,
     focal_mask_penalty,
@@ -27,6 +28,7 @@ from usgs.methods.gwp import (
 from usgs.nets.backbones import ResNetName, resnet
 from usgs.nets.heads import ASPP, conv_bn_relu
 from usgs.nets.pamr import PAMR
+from usgs.priors.crf import dense_crf
 
 
 class StochasticGate(nn.Module):
@@ -100,7 +102,17 @@ class SingleStage(SegmentationModule):
     With ``background_index`` set, that channel has the constant logit ``bg_logit`` (1.0, the authors'
     constant background score) and is always allowed; without it (e.g. Stanford Background, where
     every pixel has a class) only the image's classes compete. ``predict`` returns class probabilities,
-    keeping classes whose image score passes ``fp_cut_score`` (the authors' false-positive cut, 0.3).
+    keeping classes whose image score passes ``fp_cut_score`` (0.3: the authors' ResNet-50 config; 0.1 in
+    their defaults and ResNet-38 config).
+
+    The authors' training and inference (``models/backbones/base_net.py``, ``infer_val.py``):
+    ``freeze_backbone_bn`` keeps the backbone's BN statistics and affine parameters fixed (ImageNet's);
+    ``freeze_aspp_bn_stats`` fixes the ASPP's BN statistics (its affine parameters learn);
+    ``lr_mult`` = (backbone weights, backbone biases, new weights, new biases) multiply the base
+    learning rate, biases without weight decay; ``test_scales`` x ``test_flip`` masks are averaged
+    (a class is kept when its best score over the scales passes ``fp_cut_score``), the background
+    channel raised to ``bg_pow``; ``test_crf`` (:func:`usgs.priors.crf.dense_crf` keyword arguments,
+    the authors' ``utils/dcrf.py`` values) refines the test predictions.
     """
 
     foreground: Tensor
@@ -109,8 +121,10 @@ class SingleStage(SegmentationModule):
                  poly_power: float = 0.9, background_index: int | None = None, bg_logit: float = 1.0,
                  focal_power: float = 3.0, focal_lambda: float = 0.01, pamr_iters: int = 10,
                  pamr_dilations: Sequence[int] = (1, 2, 4, 8, 12, 24), pretrain_epochs: int = 5,
-                 mask_loss_weight: float = 1.0, fp_cut_score: float = 0.3, backbone_lr_scale: float = 0.1,
-                 **base: Any) -> None:
+                 mask_loss_weight: float = 1.0, fp_cut_score: float = 0.3,
+                 lr_mult: Sequence[float] = (1.0, 2.0, 10.0, 20.0), freeze_backbone_bn: bool = True,
+                 freeze_aspp_bn_stats: bool = True, test_scales: Sequence[float] = (1.0,), test_flip: bool = False,
+                 bg_pow: float = 1.0, test_crf: dict[str, float] | None = None, **base: Any) -> None:
         super().__init__(num_classes, optimizer, poly_power, **base)
         if background_index not in (None, 0):
             raise ValueError(f"background_index must be null or 0 (the pseudo-GT background channel), "
@@ -123,7 +137,18 @@ class SingleStage(SegmentationModule):
         self.pretrain_epochs = pretrain_epochs
         self.mask_loss_weight = mask_loss_weight
         self.fp_cut_score = fp_cut_score
-        self.backbone_lr_scale = backbone_lr_scale
+        if len(lr_mult) != 4:
+            raise ValueError(f"lr_mult must be 4 numbers (backbone weight, backbone bias, new weight, new bias), "
+                             f"got {list(lr_mult)}")
+        self.lr_mult = tuple(float(m) for m in lr_mult)
+        self.test_scales, self.test_flip, self.bg_pow = tuple(test_scales), test_flip, bg_pow
+        self.test_crf = dict(test_crf) if test_crf else None
+        backbone = net.get_submodule("backbone")
+        self.frozen_stats = [m for m in backbone.modules() if isinstance(m, nn.BatchNorm2d)] if freeze_backbone_bn else []
+        for bn in self.frozen_stats:
+            bn.requires_grad_(False)  # the authors' _fix_running_stats(self, fix_params=True)
+        if freeze_aspp_bn_stats and hasattr(net, "aspp"):
+            self.frozen_stats += [m for m in net.get_submodule("aspp").modules() if isinstance(m, nn.BatchNorm2d)]
         fg = torch.ones(num_classes, dtype=torch.bool)
         if background_index is not None:
             fg[background_index] = False
@@ -169,20 +194,58 @@ class SingleStage(SegmentationModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def predict(self, image: Tensor) -> Tensor:
+    def train(self, mode: bool = True) -> SingleStage:
+        super().train(mode)
+        for bn in self.frozen_stats:
+            bn.eval()  # frozen statistics: normalise with the stored ones, never update them
+        return self
+
+    def masks_and_scores(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        """Softmax masks [B,C,H,W] and image scores [B,C] at one scale (the masks at the image size)."""
         logits = self.logits(image)
         masks = F.softmax(logits, 1)
         scores = self.scores(logits, masks)
-        present = torch.sigmoid(scores) > self.fp_cut_score
-        present |= F.one_hot(scores.argmax(1), self.num_classes).bool()
-        masks = masks * self.allowed(present.to(masks.dtype))[:, :, None, None]
-        return F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=True)
+        return F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=False), scores
+
+    def predict(self, image: Tensor) -> Tensor:
+        size = image.shape[-2:]
+        masks, scores = [], []
+        for scale in self.test_scales:
+            x = image if scale == 1 else F.interpolate(image, scale_factor=scale, mode="bilinear",
+                                                       align_corners=False)
+            for flip in (False, True) if self.test_flip else (False,):
+                m, sc = self.masks_and_scores(x.flip(-1) if flip else x)
+                m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+                masks.append(m.flip(-1) if flip else m)
+                scores.append(sc)
+        best = torch.stack(scores).amax(0)  # the authors: max over scales of sigmoid(score)
+        present = torch.sigmoid(best) > self.fp_cut_score
+        present |= F.one_hot(best.argmax(1), self.num_classes).bool()
+        merged = torch.stack(masks).mean(0) * self.allowed(present.to(image.dtype))[:, :, None, None]
+        if self.background_index is not None and self.bg_pow != 1.0:
+            merged[:, self.background_index] = merged[:, self.background_index].pow(self.bg_pow)
+        return merged
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        prediction = self.predict_full(batch["image"])
+        if self.test_crf is not None:
+            rgb = denormalize(batch["image"]).cpu().numpy()
+            probs = prediction.float().cpu().numpy()
+            refined = [dense_crf(rgb[b], probs[b], **self.test_crf) for b in range(len(rgb))]
+            prediction = torch.from_numpy(np.stack(refined)).to(prediction.device)
+        self.test_metric.update(prediction, batch["mask"])
 
     def param_groups(self) -> list[dict[str, Any]]:
-        backbone = self.net.get_submodule("backbone")
-        ids = {id(p) for p in backbone.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in ids]
-        return split_backbone_params(backbone, rest, self.backbone_lr_scale)
+        """The authors' four groups: backbone / new layers x weights / biases (biases: no weight decay)."""
+        groups: list[dict[str, Any]] = [{"params": [], "lr_scale": m} for m in self.lr_mult]
+        for name, param in self.named_parameters():
+            if param.requires_grad:
+                new = not name.startswith("net.backbone.")
+                bias = name.endswith(".bias")
+                groups[2 * new + bias]["params"].append(param)
+        for group in groups[1::2]:
+            group["weight_decay"] = 0.0
+        return [g for g in groups if g["params"]]
 
 
 class RefinedMasks:

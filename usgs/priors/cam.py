@@ -1,10 +1,12 @@
 """Grad-CAM (Selvaraju et al., ICCV 2017) for every ground-truth class of an image.
 
 ``cam_c = ReLU(sum_k w_ck A_k)`` with ``w_ck`` the spatial mean of ``d score_c / d A_k`` at a chosen
-layer ``A``; each map is upsampled to the image size and divided by its maximum, so it lies in [0, 1].
-The default layer of the suite is the last ReLU of the VGG16-BN features (``backbone.features.42``
-in :class:`usgs.methods.classifier.ImageClassifier`), the seed's choice: the deepest layer that still
-has spatial resolution.
+layer ``A``; each map is upsampled (bilinear) to the network's input size and min-max normalised,
+``(cam - min) / (max - min)``, so it lies in [0, 1] -- the seed's ``src/seed/grad_cam.py``
+(``normalize=True``). ``normalize="max"`` divides by the maximum only (the CAM convention of
+Araslanov & Roth's code). The default layer is the last ReLU of the VGG16-BN features
+(``backbone.features.42`` in :class:`usgs.methods.classifier.ImageClassifier`), the seed's
+``target_layer: '42'``: the deepest layer that still has spatial resolution.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ class GradCAM:
 
     ``__call__(image [B,3,H,W], labels [B,C]) -> cams [B,C,H,W]`` in [0, 1]; classes absent from
     ``labels`` get all-zero maps. Batch norm must be in eval mode so that images do not interact
-    (the model is switched to eval for the call and restored after).
+    (the model is switched to eval for the call and restored after). ``normalize``: ``"minmax"``
+    (the seed) or ``"max"``.
     """
 
-    def __init__(self, model: nn.Module, layer: str) -> None:
+    def __init__(self, model: nn.Module, layer: str, normalize: str = "minmax") -> None:
+        if normalize not in _NORMALIZERS:
+            raise ValueError(f"normalize must be one of {sorted(_NORMALIZERS)}, got {normalize!r}")
         self.model = model
         self.layer_name = layer
         self.layer = find_layer(model, layer)
+        self.normalize = _NORMALIZERS[normalize]
 
     def __call__(self, image: Tensor, labels: Tensor) -> Tensor:
         captured: list[Tensor] = []
@@ -43,9 +49,10 @@ class GradCAM:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.enable_grad():
-                # Input grads make every activation differentiable, even in a frozen backbone.
-                scores = self.model(image.detach().requires_grad_(True))
+            # Works inside a validation loop too: inference mode off, and a normal (cloned) input
+            # whose gradient makes every activation differentiable, even in a frozen backbone.
+            with torch.inference_mode(False), torch.enable_grad():
+                scores = self.model(image.detach().clone().requires_grad_(True))
                 if not captured:
                     raise RuntimeError(f"layer {self.layer_name!r} was not used in the forward pass")
                 acts = captured[-1]
@@ -63,10 +70,25 @@ class GradCAM:
         finally:
             handle.remove()
             self.model.train(was_training)
-        cams = cams / cams.flatten(2).amax(-1).clamp_min(1e-5)[:, :, None, None]
-        return cams * (labels > 0)[:, :, None, None]
+        return self.normalize(cams) * (labels > 0)[:, :, None, None]
+
+
+def max_normalize(cams: Tensor) -> Tensor:
+    """[B,C,H,W] divided by each map's maximum (all-zero maps stay zero)."""
+    return cams / cams.flatten(2).amax(-1).clamp_min(1e-5)[:, :, None, None]
+
+
+def minmax_normalize(cams: Tensor) -> Tensor:
+    """[B,C,H,W] mapped to [0, 1] per map, ``(x - min) / (max - min)`` (constant maps become zero)."""
+    shifted = cams - cams.flatten(2).amin(-1)[:, :, None, None]
+    top = shifted.flatten(2).amax(-1)[:, :, None, None]
+    # the seed divides by the maximum with no epsilon: tiny maps of a weak class still span [0, 1]
+    return torch.where(top > 0, shifted / torch.where(top > 0, top, torch.ones_like(top)), torch.zeros_like(shifted))
+
+
+_NORMALIZERS = {"minmax": minmax_normalize, "max": max_normalize}
 
 
 def binarize(cams: Tensor, threshold: float = 0.4) -> Tensor:
-    """Binary attention masks (bool, same shape) at ``threshold`` (the seed's 0.4)."""
-    return cams >= threshold
+    """Binary attention masks (bool, same shape): ``cams > threshold`` (the seed's strict 0.4 cut)."""
+    return cams > threshold

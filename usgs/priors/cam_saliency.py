@@ -1,18 +1,23 @@
 """Pseudo ground truth from class attention (Grad-CAM) + saliency, with the seed's rules.
 
-Per image, given raw attention maps in [0, 1] for the image's classes and a binary saliency map:
+The seed is ``src/seed/create_guides.py`` (``combine_masks``, fusion "g2") of
+Amsterdam-Internships/Image-Level-Supervised-Semantic-Segmentation. Per image, given raw attention maps
+in [0, 1] for the image's classes and a binary saliency map:
 
-1. saliency blobs (8-connected components of the foreground) covering under ``min_saliency_fraction``
-   of the image (1%) are dropped;
-2. each class's attention is binarised at ``threshold`` (0.4) and only its 8-connected blobs of more
-   than ``min_attention_pixels`` (25) pixels are kept;
-3. attention outside the kept saliency blobs is kept as it is (the most attended class wins where
-   several overlap);
-4. for every kept saliency blob, count the classes whose kept attention overlaps it: none -> the blob
-   gets ``unmatched_label`` (255 = ignore by default; the seed's code actually wrote background),
-   one -> the whole blob gets that class, several -> a dense CRF over the raw attention of those
-   classes (unary = -attention, i.e. probabilities softmax(attention)) decides inside the blob.
-Everything else is 255 (ignore).
+1. blobs are 8-connected components; a blob is kept when it has MORE than its minimum number of
+   pixels and a bounding box of non-zero area (``filter_blobs``: the seed drops one-row or
+   one-column "lines"; ``drop_thin_blobs=False`` keeps them). Saliency blobs need 1% of the image,
+   attention blobs (attention ``> threshold`` = 0.4) more than 25 pixels;
+2. for every kept saliency blob, the classes with a kept attention blob overlapping it: none -> the
+   blob gets ``unmatched_label``, one -> the whole blob gets that class, several -> a dense CRF over
+   the raw attention of those classes (unary = -attention) decides inside the blob;
+3. every kept attention blob that touches no kept saliency blob is written whole with its class
+   (``isolated="blob"``, the seed); where such blobs of several classes overlap the most attended
+   class wins (the seed's winner depends on its file listing order). ``isolated="pixel"`` instead
+   keeps attention pixel by pixel outside the saliency blobs (the suite's earlier rule);
+4. every pixel still unlabelled gets ``fill_label``. The seed writes background (0) there
+   (``merged_mask[merged_mask == 255] = 0``), and its ``unmatched_label`` is background too; on data
+   without a background class both stay 255 (ignore).
 """
 
 from __future__ import annotations
@@ -50,11 +55,22 @@ class CRFParams:
     bilateral_compat: float = 10.0
 
 
-def components(binary: np.ndarray, min_pixels: float) -> list[np.ndarray]:
-    """8-connected components of ``binary`` [H,W] with MORE than ``min_pixels`` pixels, as bool masks."""
+def components(binary: np.ndarray, min_pixels: float, drop_thin: bool = False) -> list[np.ndarray]:
+    """8-connected components of ``binary`` [H,W] with MORE than ``min_pixels`` pixels, as bool masks.
+
+    ``drop_thin``: also drop components whose bounding box has zero area (a single row or column),
+    the seed's ``bbox_area(mask) != 0`` test.
+    """
     labelled, count = ndimage.label(binary, structure=_EIGHT_CONNECTED)
     sizes = np.bincount(labelled.ravel(), minlength=count + 1)
-    return [labelled == k for k in range(1, count + 1) if sizes[k] > min_pixels]
+    blobs = []
+    for k, box in enumerate(ndimage.find_objects(labelled), start=1):
+        if box is None or sizes[k] <= min_pixels:
+            continue
+        if drop_thin and (box[0].stop - box[0].start == 1 or box[1].stop - box[1].start == 1):
+            continue
+        blobs.append(labelled == k)
+    return blobs
 
 
 def crf_labels(image: np.ndarray, attention: np.ndarray, params: CRFParams) -> np.ndarray:
@@ -74,7 +90,9 @@ def crf_labels(image: np.ndarray, attention: np.ndarray, params: CRFParams) -> n
 def attention_saliency_pseudo_gt(image: np.ndarray, attention: np.ndarray, classes: Sequence[int],
                                  saliency: np.ndarray, threshold: float = 0.4,
                                  min_saliency_fraction: float = 0.01, min_attention_pixels: int = 25,
-                                 unmatched_label: int = IGNORE, crf: CRFParams | None = None) -> np.ndarray:
+                                 unmatched_label: int = IGNORE, fill_label: int = IGNORE,
+                                 isolated: str = "blob", drop_thin_blobs: bool = True,
+                                 crf: CRFParams | None = None) -> np.ndarray:
     """Pseudo label map uint8 [H,W] (255 = ignore) from the rules in the module docstring.
 
     ``image`` uint8 [H,W,3] RGB (for the CRF), ``attention`` float [K,H,W] raw maps in [0,1] for the
@@ -86,22 +104,22 @@ def attention_saliency_pseudo_gt(image: np.ndarray, attention: np.ndarray, class
                          f"saliency's {(h, w)}, got {attention.shape}")
     if image.shape[:2] != (h, w):
         raise ValueError(f"image {image.shape} and saliency {saliency.shape} sizes differ")
+    if isolated not in ("blob", "pixel"):
+        raise ValueError(f"isolated must be 'blob' (the seed) or 'pixel', got {isolated!r}")
     crf = crf or CRFParams()
     out = np.full((h, w), IGNORE, dtype=np.uint8)
+    class_blobs = [components(attention[k] > threshold, min_attention_pixels, drop_thin_blobs)
+                   for k in range(len(classes))]
     kept = np.zeros_like(attention, dtype=bool)
-    for k in range(len(classes)):
-        for blob in components(attention[k] >= threshold, min_attention_pixels):
+    for k, blobs in enumerate(class_blobs):
+        for blob in blobs:
             kept[k] |= blob
-    salient_blobs = components(saliency == 1, min_saliency_fraction * h * w)
+    salient_blobs = components(saliency == 1, min_saliency_fraction * h * w, drop_thin_blobs)
     salient = np.zeros((h, w), dtype=bool)
     for blob in salient_blobs:
         salient |= blob
 
     class_ids = np.asarray(classes, dtype=np.int64)
-    strongest = np.where(kept, attention, -np.inf).argmax(0)
-    outside = kept.any(0) & ~salient
-    out[outside] = class_ids[strongest[outside]]
-
     for blob in salient_blobs:
         overlapping = [k for k in range(len(classes)) if (kept[k] & blob).any()]
         if not overlapping:
@@ -111,6 +129,21 @@ def attention_saliency_pseudo_gt(image: np.ndarray, attention: np.ndarray, class
         else:
             labels = crf_labels(image, attention[overlapping], crf)
             out[blob] = class_ids[np.asarray(overlapping)[labels[blob]]]
+
+    if isolated == "blob":  # whole attention blobs that touch no salient blob
+        alone = np.zeros_like(kept)
+        for k, blobs in enumerate(class_blobs):
+            for blob in blobs:
+                if not (blob & salient).any():
+                    alone[k] |= blob
+        outside = alone.any(0)
+    else:  # attention pixels outside the salient blobs
+        alone = kept
+        outside = kept.any(0) & ~salient
+    strongest = np.where(alone, attention, -np.inf).argmax(0)
+    out[outside] = class_ids[strongest[outside]]
+    untouched = (out == IGNORE) & ~salient
+    out[untouched] = fill_label
     return out
 
 
@@ -124,14 +157,19 @@ class AttentionSource(Protocol):
 
 
 def load_attention(attention: AttentionSource, checkpoint: str | None) -> AttentionSource:
-    """Load a ``train.py`` checkpoint's weights into ``attention.model`` (frozen, eval mode)."""
-    if checkpoint:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} not found: train the attention model first "
-                                    "(python train.py experiment=classifier) and pass <run>/checkpoints/<name>.ckpt")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        attention.model.load_state_dict(state.get("state_dict", state))
+    """Load a ``train.py`` checkpoint's weights into ``attention.model`` (frozen, eval mode).
+
+    A checkpoint is required: attention from an untrained model would be silently meaningless.
+    """
+    train_hint = "train the attention model first (python train.py experiment=classifier) and pass "
+    if not checkpoint:
+        raise ValueError(f"the pseudo labeler needs a trained attention model: {train_hint}"
+                         "checkpoint=<run>/checkpoints/<name>.ckpt (e.g. model.pseudo_labeler.checkpoint=...)")
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found: {train_hint}<run>/checkpoints/<name>.ckpt")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    attention.model.load_state_dict(state.get("state_dict", state))
     attention.model.eval().requires_grad_(False)
     return attention
 
@@ -140,12 +178,12 @@ class OnlinePseudoLabeler(nn.Module):
     """Pseudo labels during training for samples that only have image/crop labels (Vaihingen N2 crops).
 
     ``(image [B,3,H,W] normalised, labels [B,C]) -> int64 [B,H,W]`` (255 = ignore) by the attention
-    rules without saliency (aerial tiles have no salient object): attention >= ``threshold`` in
+    rules without saliency (aerial tiles have no salient object): attention > ``threshold`` in
     8-connected blobs of more than ``min_attention_pixels``, the most attended class where several
     overlap. An ``nn.Module`` so that the frozen attention model follows the method's device.
     """
 
-    def __init__(self, attention: AttentionSource, checkpoint: str | None = None, threshold: float = 0.4,
+    def __init__(self, attention: AttentionSource, checkpoint: str | None, threshold: float = 0.4,
                  min_attention_pixels: int = 25) -> None:
         super().__init__()
         self.attention = load_attention(attention, checkpoint)
@@ -182,13 +220,17 @@ class AttentionSaliencyPrior(MaskPrior):
     ``datamodule.dataset(split)``; saliency from the dataset's own ``saliency`` (``saliency="dataset"``),
     from a cached saliency prior (its name, e.g. ``saliency_unsup``) or none (``None``: attention
     alone, the "CAM only" baseline). ``input_size`` [H,W] resizes images for the network (the maps
-    are resized back); ``background_index`` is never given attention (VOC's background).
+    are resized back; the seed's VGG input is 224x224); ``background_index`` is never given
+    attention (VOC's background). ``unmatched_label`` and ``fill_label`` default (``None``) to
+    ``background_index`` when the data has one (the seed writes background there) and to 255
+    (ignore) when it has none.
     """
 
     def __init__(self, model: nn.Module, attention: Callable[[nn.Module], AttentionSource],
                  datamodule: SegmentationDataModule, split: str = "train", saliency: str | None = "dataset",
                  threshold: float = 0.4, min_saliency_fraction: float = 0.01, min_attention_pixels: int = 25,
-                 unmatched_label: int = IGNORE, background_index: int | None = None,
+                 unmatched_label: int | None = None, fill_label: int | None = None, isolated: str = "blob",
+                 drop_thin_blobs: bool = True, background_index: int | None = None,
                  crf: dict[str, Any] | None = None, input_size: Sequence[int] | None = None,
                  batch_size: int = 1, postprocess: PostProcess | None = None, seed: int = 0) -> None:
         super().__init__(batch_size, postprocess, seed)
@@ -202,8 +244,12 @@ class AttentionSaliencyPrior(MaskPrior):
                 raise ValueError(f"saliency={saliency!r} reads a prior cache: set data.prior_root")
             self.saliency_dir = find_prior_dir(datamodule.prior_root, datamodule.name, split, saliency)
         self.use_saliency = saliency is not None
-        self.rules: dict[str, Any] = {"threshold": threshold, "min_saliency_fraction": min_saliency_fraction,
-                      "min_attention_pixels": min_attention_pixels, "unmatched_label": unmatched_label}
+        default = IGNORE if background_index is None else background_index
+        self.rules: dict[str, Any] = {
+            "threshold": threshold, "min_saliency_fraction": min_saliency_fraction,
+            "min_attention_pixels": min_attention_pixels, "isolated": isolated, "drop_thin_blobs": drop_thin_blobs,
+            "unmatched_label": default if unmatched_label is None else unmatched_label,
+            "fill_label": default if fill_label is None else fill_label}
         self.background_index = background_index
         self.crf = CRFParams(**(crf or {}))
         self.input_size = tuple(input_size) if input_size else None
@@ -230,7 +276,7 @@ class AttentionSaliencyPrior(MaskPrior):
             raw = self.dataset.load(index)
             classes = [c for c in image_labels(raw, self.num_classes) if c != self.background_index]
             if not classes:
-                states.append({"pseudo": np.full(image.shape[:2], IGNORE, np.uint8)})
+                states.append({"pseudo": np.full(image.shape[:2], self.rules["fill_label"], np.uint8)})
                 continue
             x = normalize(image)[None]
             if self.input_size:

@@ -7,14 +7,19 @@ Published settings, as keyword dicts for :func:`dense_crf`:
 - :data:`MASKCONTRAST_CRF` -- MaskContrast (Van Gansbeke et al. 2021) saliency refinement:
   Gaussian sxy 1, compat 3; bilateral sxy 67, srgb 3, compat 4; 10 iterations.
 - :data:`WEAK_CRF` -- the weak-supervision seed work (DeepLab-style CRF, Chen et al. 2015 values):
-  Gaussian sxy 3, compat 3; bilateral sxy 80, srgb 13, compat 10; 10 iterations.
+  Gaussian sxy 3, compat 3; bilateral sxy 80, srgb 13, compat 10; 10 iterations. The image-level
+  seed's guide stage (``util/apply_dense_crf.py``, ``stage='guide'``) and Araslanov & Roth's
+  ``utils/dcrf.py`` both use these.
+- :data:`DEEPLAB_TEST_CRF` -- the image-level seed's test-time CRF on DeepLab's arg-max labels
+  (``apply_dense_crf(..., stage='deeplab')``: ``unary_from_labels`` with ``gt_prob`` 0.9; Gaussian
+  sxy 3, compat 3; bilateral sxy 121, srgb 5, compat 4; 10 iterations), for :func:`label_crf`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dense_crf", "MASKCONTRAST_CRF", "WEAK_CRF"]
+__all__ = ["dense_crf", "label_crf", "MASKCONTRAST_CRF", "WEAK_CRF", "DEEPLAB_TEST_CRF"]
 
 MASKCONTRAST_CRF: dict[str, float] = {
     "iters": 10,
@@ -32,6 +37,36 @@ WEAK_CRF: dict[str, float] = {
     "bilateral_srgb": 13.0,
     "bilateral_compat": 10.0,
 }
+
+DEEPLAB_TEST_CRF: dict[str, float] = {
+    "gt_prob": 0.9,
+    "iters": 10,
+    "gaussian_sxy": 3.0,
+    "gaussian_compat": 3.0,
+    "bilateral_sxy": 121.0,
+    "bilateral_srgb": 5.0,
+    "bilateral_compat": 4.0,
+}
+
+
+def label_crf(image: np.ndarray, labels: np.ndarray, gt_prob: float = 0.9, **kernels: float) -> np.ndarray:
+    """Refine a hard label map [H,W] with a dense CRF over the classes it contains.
+
+    Each pixel's unary trusts its label with probability ``gt_prob`` and spreads the rest evenly over
+    the other present classes (pydensecrf's ``unary_from_labels(..., zero_unsure=False)``, as the
+    image-level seed's ``evaluate_deeplabv3.py``); a map with one class is returned unchanged.
+    ``kernels``: :func:`dense_crf`'s ``iters`` and kernel parameters. Returns the refined class ids.
+    """
+    if not 0.0 < gt_prob < 1.0:
+        raise ValueError(f"label_crf: gt_prob must be in (0, 1), got {gt_prob}")
+    classes, index = np.unique(labels, return_inverse=True)
+    if len(classes) == 1:
+        return labels.copy()
+    n, (h, w) = len(classes), labels.shape
+    probs = np.full((n, h * w), (1.0 - gt_prob) / (n - 1), dtype=np.float32)
+    probs[index.ravel(), np.arange(h * w)] = gt_prob
+    refined = dense_crf(image, probs.reshape(n, h, w), **kernels)
+    return classes[refined.argmax(0)]
 
 
 def dense_crf(
