@@ -17,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from usgs.nets.weights import read_state_dict
+
 # torchvision's VGG: 512 channels pooled to 7x7 before the first linear layer.
 POOLED_SIZE = 7
 
@@ -49,13 +51,7 @@ class VGGClassifierHead(nn.Module):
 
 def load_pretrained_head(head: VGGClassifierHead, path: str | Path) -> None:
     """Load ``classifier.0`` and ``classifier.3`` of a torchvision ``vgg16_bn`` file; error lists what is missing."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VGG weights file not found: {path} (expected torchvision's vgg16_bn .pth; "
-                                "nothing is downloaded at run time)")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(blob, dict) and isinstance(blob.get("state_dict"), dict):
-        blob = blob["state_dict"]
+    blob = read_state_dict(path)  # the one weight-file reader: missing file, pickles, checkpoint levels
     wanted = [k for k in head.state_dict() if not k.startswith("classifier.6.")]
     missing = [k for k in wanted if k not in blob]
     if missing:
