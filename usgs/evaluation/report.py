@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from usgs.atomic import atomic_write
 from usgs.callbacks import color_palette, overlay_panel
 from usgs.data.transforms import denormalize
 
@@ -116,10 +115,7 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     if not ok:
         raise OSError(f"could not encode {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.tobytes())
-    os.replace(tmp, path)
+    atomic_write(path, data.tobytes())
 
 
 def save_overlays(results: Sequence[TaskResult], out_dir: str | Path, palette: np.ndarray | None,
