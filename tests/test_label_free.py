@@ -3,7 +3,9 @@
 Each label-free experiment is trained twice with the same seed, the second time with every mask
 replaced by random labels, with validation (and its sanity check) running as by default. Validation
 reads the masks to log val/miou, so the two runs' val/miou differ; nothing may act on it, so every
-checkpoint they write holds the same tensors, and there is no best.ckpt.
+checkpoint they write holds the same tensors, and there is no best.ckpt. A callback that draws from
+torch's global generator as often as the masks say stands for any validation, callback or logging
+code that uses randomness: training must not share that generator.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from tests.test_twins import write_prior_cache
@@ -20,11 +23,19 @@ from usgs.data.shapes import CLASS_NAMES, ShapesDataset
 from usgs.run.train import train
 
 SMALL = ["data.image_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
-         "data.eval_batch_size=4", "trainer.max_epochs=2", "callbacks.prediction_overlays=null"]
+         "data.eval_batch_size=4", "trainer.max_epochs=2", "callbacks.prediction_overlays=null",
+         "+callbacks.mask_dependent_draws._target_=tests.test_label_free.MaskDependentDraws"]
 LABEL_FREE = {
     "maskcontrast": ["model.net.head_channels=32", "model.queue_size=16"],
     "twins": ["model.num_predictions=7", "model.matching=hungarian", "model.net.head_channels=32"],
 }
+
+
+class MaskDependentDraws(pl.Callback):
+    """Draws from the global generator a number of times that depends on the validation masks."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        torch.rand(int(batch["mask"].sum()) % 97 + 1)
 
 
 def _random_masks(monkeypatch: pytest.MonkeyPatch) -> None:
