@@ -39,6 +39,32 @@ runpy.run_path("train.py", run_name="__main__")
 """
 
 
+def test_epoch_order_and_augmentations_follow_seed_and_epoch_only() -> None:
+    """What a resumed run relies on: epoch e's samples do not depend on what ran before."""
+    from usgs.data.samplers import SeededEpochSampler
+    from usgs.data.shapes import ShapesDataset
+    from usgs.data.transforms import TrainTransform
+
+    dataset = ShapesDataset("train", 6, image_size=32, transform=TrainTransform(24, scale=(0.5, 2.0)))
+    fresh = SeededEpochSampler(len(dataset), seed=3)
+    fresh.set_epoch(2)
+    used = SeededEpochSampler(len(dataset), seed=3)
+    for _ in range(3):  # two earlier epochs drawn, then Lightning sets the epoch, as after a resume
+        list(used)
+    used.set_epoch(2)
+    items = list(fresh)
+    assert items == list(used) and sorted(i for i, _ in items) == list(range(6))
+    fresh.set_epoch(3)
+    assert [i for i, _ in fresh] != [i for i, _ in items]  # another epoch, another order
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = dataset[items[0]]
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator is not moved
+    torch.rand(100)  # whatever else moves it in between changes nothing
+    again = dataset[items[0]]
+    assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
+
+
 def run_train(run_dir: Path, *overrides: str, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "KILL_AT": str(kill_at)}
     return subprocess.run([sys.executable, "-c", KILLING_TRAIN, *RUN, *overrides, f"hydra.run.dir={run_dir}"],
