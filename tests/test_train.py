@@ -57,7 +57,11 @@ def test_run_writes_metrics_config_sha_and_checkpoint(make_cfg, tmp_path: Path) 
         assert stat.S_IMODE((tmp_path / written).stat().st_mode) == mode, written
     cfg, model = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert cfg.model.net.backbone == "resnet18"
-    saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    saved = best["state_dict"]
+    # best.ckpt is for evaluation (weights + config); last.ckpt also holds what resuming needs
+    assert "optimizer_states" not in best
+    assert "optimizer_states" in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert torch.equal(model.state_dict()["net.head.classifier.weight"], saved["net.head.classifier.weight"])
 
 

@@ -55,6 +55,7 @@ class SegmentationModule(pl.LightningModule):
         self.test_metric = SegmentationMetric(num_classes, num_predictions, matching, ignore_index)
         self.best_val_miou = 0.0  # checkpointed: a resumed run keeps the best of the epochs before
         self.training_rng = TrainingRNG()
+        self.run_config: dict[str, Any] | None = None  # set by train.py; stored in every checkpoint
 
     # --- to implement --------------------------------------------------------------------------
     def predict(self, image: Tensor) -> Tensor:
@@ -85,6 +86,9 @@ class SegmentationModule(pl.LightningModule):
         self.training_rng.exit(self.device)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Here, not in a callback: module hooks also run for weights-only checkpoints (best.ckpt).
+        if self.run_config is not None:
+            checkpoint["usgs_config"] = self.run_config
         checkpoint["usgs_val_miou_best"] = self.best_val_miou
         checkpoint["usgs_training_rng"] = self.training_rng.state_dict()
 

@@ -59,8 +59,9 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
         if node is None:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
-            raise ValueError(f"{name}.{key} has no _target_ (got {OmegaConf.to_yaml(node).strip() or node!r}); "
-                             f"give it one, or set {name}.{key}=null to switch it off")
+            given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+            raise ValueError(f"{name}.{key} has no _target_ (got {given!r}); give it one, or set "
+                             f"{name}.{key}=null to switch it off")
         objects[str(key)] = instantiate(node, _convert_="all")
     return objects
 
