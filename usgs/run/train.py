@@ -32,10 +32,10 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
-    """Seed everything, create the run directory, write ``config.yaml`` and ``git_sha.txt``.
-
-    With ``resume=true`` the config must match the stored one but for ``trainer.max_epochs``.
+    """Check the config values, seed everything, create the run directory, write ``config.yaml`` and
+    ``git_sha.txt``. With ``resume=true`` the config must match the stored one but for ``trainer.max_epochs``.
     """
+    check_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.paths.output_dir)
@@ -68,7 +68,6 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
-    check_config(cfg)
     run_dir, config, sha = start_run(cfg)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
