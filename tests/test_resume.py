@@ -65,6 +65,30 @@ def test_epoch_order_and_augmentations_follow_seed_and_epoch_only() -> None:
     assert torch.equal(first["image"], again["image"]) and torch.equal(first["mask"], again["mask"])
 
 
+def test_training_stream_is_not_moved_by_draws_outside_training() -> None:
+    from usgs.methods.training_rng import TrainingRNG
+
+    cpu = torch.device("cpu")
+
+    def draws(disturb: bool) -> list[torch.Tensor]:
+        torch.manual_seed(1)
+        rng, out = TrainingRNG(), []
+        for step in range(3):
+            outside = torch.get_rng_state()
+            rng.enter(cpu)
+            out.append(torch.rand(4))
+            rng.exit(cpu)
+            assert torch.equal(torch.get_rng_state(), outside)  # the global generator is given back
+            if disturb:
+                torch.rand(10 + step)  # validation, callbacks, logging
+            if step == 1:  # a checkpoint and a resume in between
+                saved, rng = rng.state_dict(), TrainingRNG()
+                rng.load_state_dict(saved)
+        return out
+
+    assert all(torch.equal(a, b) for a, b in zip(draws(False), draws(True), strict=True))
+
+
 def run_train(run_dir: Path, *overrides: str, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "KILL_AT": str(kill_at)}
     return subprocess.run([sys.executable, "-c", KILLING_TRAIN, *RUN, *overrides, f"hydra.run.dir={run_dir}"],

@@ -23,6 +23,7 @@ class TrainingRNG:
     def __init__(self) -> None:
         self.states: dict[str, Tensor] | None = None
         self._outside: dict[str, Tensor] | None = None
+        self._restored = False  # states came from a checkpoint (which holds rank 0's)
 
     @staticmethod
     def _capture(device: torch.device) -> dict[str, Tensor]:
@@ -42,8 +43,11 @@ class TrainingRNG:
         self._outside = self._capture(device)
         if self.states is None:  # seeded from the run's seed (seed_everything) and the process rank
             torch.manual_seed((torch.initial_seed() + _STREAM_OFFSET + 1_000_003 * rank) % 2**63)
+        elif self._restored and rank > 0:  # other ranks branch off rank 0's restored stream
+            torch.manual_seed((int(self.states["cpu"].long().sum()) + 1_000_003 * rank) % 2**63)
         else:
             self._apply(self.states, device)
+        self._restored = False
 
     def exit(self, device: torch.device) -> None:
         """Keep the training stream's state and give the global generator its old state back."""
@@ -58,3 +62,4 @@ class TrainingRNG:
 
     def load_state_dict(self, states: dict[str, Tensor] | None) -> None:
         self.states = None if states is None else {k: v.clone().cpu() for k, v in states.items()}
+        self._restored = states is not None
