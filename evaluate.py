@@ -1,4 +1,4 @@
-"""Evaluate a trained checkpoint: `python evaluate.py task=kmeans ckpt_path=<run>/checkpoints/best.ckpt`."""
+"""Evaluate a trained checkpoint: `python evaluate.py task=kmeans ckpt_path=<run>/checkpoints/last.ckpt`."""
 
 import os
 from pathlib import Path

@@ -224,9 +224,9 @@ def test_train_sampler_hook_draws_rare_class_samples_more_often() -> None:
                                                          seed=3))
     loader = module.train_dataloader()
     dataset = module.dataset("train", transform=None)
-    drawn = list(loader.sampler)
+    drawn = [index for index, _seed in loader.sampler]  # (index, augmentation seed) pairs
     has_cross = [bool((dataset.load(i)["mask"] == cross).any()) for i in range(len(dataset))]
     base_rate = sum(has_cross) / len(has_cross)
     drawn_rate = sum(has_cross[i] for i in drawn) / len(drawn)
     assert 0 < base_rate < 0.8 and drawn_rate > base_rate + 0.1
-    assert drawn == list(module.train_dataloader().sampler)  # a fresh loader draws the same (seeded)
+    assert drawn == [i for i, _ in module.train_dataloader().sampler]  # a fresh loader draws the same (seeded)

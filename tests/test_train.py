@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,12 @@ TINY = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def run_cli(args: list[str], cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
@@ -45,9 +52,16 @@ def test_run_writes_metrics_config_sha_and_checkpoint(make_cfg, tmp_path: Path) 
     assert config["model"]["_target_"] == "usgs.methods.supervised.SupervisedSegmentation"
     assert "${" not in (tmp_path / "config.yaml").read_text()  # resolved
     assert len((tmp_path / "git_sha.txt").read_text().strip()) >= 7
+    mode = 0o666 & ~_umask()  # what a plain open() gives, not mkstemp's 0600
+    for written in ("metrics.json", "config.yaml", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert stat.S_IMODE((tmp_path / written).stat().st_mode) == mode, written
     cfg, model = load_checkpoint(tmp_path / "checkpoints" / "best.ckpt")
     assert cfg.model.net.backbone == "resnet18"
-    saved = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    saved = best["state_dict"]
+    # best.ckpt is for evaluation (weights + config); last.ckpt also holds what resuming needs
+    assert "optimizer_states" not in best
+    assert "optimizer_states" in torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
     assert torch.equal(model.state_dict()["net.head.classifier.weight"], saved["net.head.classifier.weight"])
 
 
@@ -73,7 +87,8 @@ def test_ddp_spawn_two_processes_give_the_one_process_metric(make_cfg, tmp_path:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    cfg = make_cfg([*TINY, "data.num_val=16", "data.eval_batch_size=4"])
+    # 15 images on 2 processes: Lightning's DistributedSampler would score one of them twice.
+    cfg = make_cfg([*TINY, "data.num_val=15", "data.eval_batch_size=4"])
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     scores = []

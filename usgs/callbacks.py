@@ -45,11 +45,22 @@ class PredictionOverlays(pl.Callback):
 
 
 class StoreConfig(pl.Callback):
-    """Puts the resolved run config into every checkpoint, so ``evaluate.py ckpt_path=...`` can rebuild it."""
+    """Gives the module the resolved run config, which it stores in every checkpoint (so
+    ``evaluate.py ckpt_path=...`` can rebuild it), and stores the metrics logged so far in full
+    checkpoints, so a run resumed after its last epoch still reports them."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
+        self.restored_metrics: dict[str, float] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.run_config = self.config
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
-        checkpoint["usgs_config"] = self.config
+        checkpoint["usgs_metrics"] = {key: float(value) for key, value in trainer.callback_metrics.items()
+                                      if isinstance(value, Tensor) and value.numel() == 1}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self.restored_metrics = dict(checkpoint.get("usgs_metrics", {}))

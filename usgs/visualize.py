@@ -10,8 +10,6 @@ crops stay legible.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from usgs.atomic import atomic_write
 from usgs.data.transforms import denormalize
 
 IGNORE_INDEX = 255
@@ -161,17 +160,9 @@ def prediction_panel(images: Sequence[Tensor | np.ndarray], masks: Sequence[Tens
 def write_png(path: str | Path, rgb: np.ndarray) -> Path:
     """Write an RGB uint8 image (or a ``[H,W]`` label map) as PNG atomically (temp file, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     array = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb
     ok, data = cv2.imencode(".png", array)
     if not ok:
         raise OSError(f"could not encode {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data.tobytes())
     return path

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from usgs.data.prior_store import find_prior_dir
+from usgs.data.samplers import SeededEpochSampler, SeededIndex, unpadded_distributed_sampler
 from usgs.data.transforms import IGNORE_INDEX, MASK_KEYS, normalize
 
 SPLITS = ("train", "val", "test")
@@ -102,7 +103,10 @@ class SegmentationDataset(Dataset, ABC):
                 )
         return mask.astype(np.uint8, copy=False)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | SeededIndex) -> dict[str, Any]:
+        """Sample ``item``: an index, or ``(index, seed)`` from the training sampler, in which case
+        the transform draws from a torch generator seeded with ``seed`` and nothing else."""
+        index, seed = item if isinstance(item, tuple) else (item, None)
         raw = self.load(index)
         image = raw["image"]
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -124,7 +128,11 @@ class SegmentationDataset(Dataset, ABC):
                 )
         if self.prior_dir is not None:
             raw["prior"] = self.load_prior(index, image.shape[:2])
-        if self.transform is not None:
+        if self.transform is not None and seed is not None:
+            with torch.random.fork_rng(devices=[]):  # the caller's generator state is left untouched
+                torch.manual_seed(seed)
+                raw = self.transform(raw)
+        elif self.transform is not None:
             raw = self.transform(raw)
         return self.to_tensors(index, raw)
 
@@ -256,17 +264,21 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self._cached(split)
-        sampler = self.train_sampler(dataset) if train and self.train_sampler is not None else None
-        generator = torch.Generator().manual_seed(self.seed) if train and sampler is None else None
+        sampler: Sampler[Any] | None
+        if train:  # order and augmentations follow (seed, epoch): see usgs.data.samplers
+            base = self.train_sampler(dataset) if self.train_sampler is not None else None
+            sampler = SeededEpochSampler(len(dataset), self.seed, base)
+        else:  # each image once per process set: DistributedSampler would pad with duplicates
+            sampler = unpadded_distributed_sampler(dataset)
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             # drop the ragged last batch (batch-norm statistics), unless that would leave no batch
             # at all (tiny debugging subsets).
             drop_last=train and len(dataset) >= self.batch_size,
-            generator=generator,
+            # worker seeds from the run's seed, not from the global generator
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -280,3 +292,4 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+

@@ -76,6 +76,9 @@ class _AlbumentationsTransform:
 
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._reseed()
+        return self._apply(sample)
+
+    def _apply(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         targets = {key: sample[key] for key in ("image", *MASK_KEYS) if key in sample}
         out = self._compose(**targets)
         result = dict(sample)
@@ -162,4 +165,5 @@ class EvalTransform(_AlbumentationsTransform):
         super().__init__(steps)
 
     def __call__(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(sample) if self.identity else super().__call__(sample)
+        # Deterministic steps only: no draw from torch's generator (evaluation never moves it).
+        return dict(sample) if self.identity else self._apply(sample)

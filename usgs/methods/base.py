@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from usgs.methods.sliding_window import sliding_window_logits
+from usgs.methods.training_rng import TrainingRNG
 from usgs.metrics import Matching, SegmentationMetric
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -30,7 +31,15 @@ class SegmentationModule(pl.LightningModule):
     class/cluster ids ``[B,H,W]`` or logits ``[B,K,H,W]``. ``param_groups()`` may return groups with an
     ``lr_scale`` (e.g. backbone at lr/10). Logged: ``val/miou``, ``val/miou_best``, ``val/pixel_accuracy``,
     ``test/miou``, ``test/pixel_accuracy`` and ``test/iou/<class>``.
+
+    ``uses_labels`` says whether the method learns from ground truth. ``train.py`` reads it: methods
+    that do keep ``best.ckpt`` by ``val/miou`` and are tested on it; label-free ones (False) keep only
+    ``last.ckpt`` and nothing acts on ``val/miou``. Training draws its randomness from its own
+    generator (:class:`~usgs.methods.training_rng.TrainingRNG`); subclasses that override
+    ``on_train_batch_start`` / ``on_train_batch_end`` / the checkpoint hooks call ``super()``.
     """
+
+    uses_labels: bool = True  # a class attribute; a property where a setting decides it
 
     def __init__(self, num_classes: int, optimizer: OptimizerFactory | None = None, poly_power: float = 0.9,
                  matching: Matching = "none", num_predictions: int | None = None, ignore_index: int = 255,
@@ -44,7 +53,9 @@ class SegmentationModule(pl.LightningModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.val_metric = SegmentationMetric(num_classes, num_predictions, matching, ignore_index)
         self.test_metric = SegmentationMetric(num_classes, num_predictions, matching, ignore_index)
-        self.best_val_miou = 0.0
+        self.best_val_miou = 0.0  # checkpointed: a resumed run keeps the best of the epochs before
+        self.training_rng = TrainingRNG()
+        self.run_config: dict[str, Any] | None = None  # set by train.py; stored in every checkpoint
 
     # --- to implement --------------------------------------------------------------------------
     def predict(self, image: Tensor) -> Tensor:
@@ -67,8 +78,23 @@ class SegmentationModule(pl.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self.test_metric.update(self.predict_full(batch["image"]), batch["mask"])
 
-    def on_train_start(self) -> None:
-        self.best_val_miou = 0.0  # forget the sanity-check epoch
+    # --- training randomness and checkpoints ---------------------------------------------------
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.training_rng.enter(self.device, self.global_rank)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.training_rng.exit(self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Here, not in a callback: module hooks also run for weights-only checkpoints (best.ckpt).
+        if self.run_config is not None:
+            checkpoint["usgs_config"] = self.run_config
+        checkpoint["usgs_val_miou_best"] = self.best_val_miou
+        checkpoint["usgs_training_rng"] = self.training_rng.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_miou = float(checkpoint.get("usgs_val_miou_best", 0.0))
+        self.training_rng.load_state_dict(checkpoint.get("usgs_training_rng"))
 
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metric.compute()  # already reduced over processes

@@ -81,6 +81,8 @@ class MaskContrast(SegmentationModule):
         augment: photometric augmentation applied independently to the two views.
     """
 
+    uses_labels = False  # learns from saliency masks only; the segmentation masks are for validation logs
+
     def __init__(self, net: DeepLabV3, num_classes: int, optimizer: OptimizerFactory | None = None,
                  poly_power: float = 0.9, saliency_key: str = "saliency", momentum: float = 0.999,
                  queue_size: int = 128, temperature: float = 0.5, saliency_weight: float = 1.0,

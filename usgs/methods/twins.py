@@ -103,6 +103,11 @@ class Twins(SegmentationModule):
             self.teacher.requires_grad_(False)
         self._momentum_schedule: Tensor | None = None
 
+    @property
+    def uses_labels(self) -> bool:  # type: ignore[override]
+        """Label-free on a prior; learning the ground-truth ``mask`` (a test setting) uses labels."""
+        return self.target_key == "mask"
+
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)
 
@@ -155,6 +160,7 @@ class Twins(SegmentationModule):
             self._momentum_schedule = cosine_momentum_schedule(*self.momentum, steps)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)
         if self.teacher_mode != "ema" or self._momentum_schedule is None:
             return
         assert self.teacher is not None

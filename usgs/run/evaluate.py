@@ -1,6 +1,6 @@
 """``evaluate(cfg)``: run one evaluation task on a trained (or randomly initialised) module.
 
-``python evaluate.py task=<linear_probe|kmeans|retrieval> ckpt_path=<run>/checkpoints/best.ckpt``
+``python evaluate.py task=<linear_probe|kmeans|retrieval> ckpt_path=<run>/checkpoints/last.ckpt``
 writes ``metrics.json`` (flat), ``metrics.md`` (tables, per-class IoU), ``overlays/*.png`` and the
 resolved config into the run directory. With ``ckpt_path`` the network (and, unless
 ``data_from_checkpoint=false``, the dataset) come from the config stored in the checkpoint; without

@@ -1,31 +1,36 @@
-"""What every run leaves in its directory: metrics.json, the resolved config and the git SHA."""
+"""What every run leaves in its directory: metrics.json, the resolved config, the git SHA, checkpoints."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from usgs.atomic import atomic_write
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Text file through :func:`usgs.atomic.atomic_write` (never half-written, normal permissions)."""
+    atomic_write(path, text)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through a temporary file and a rename: a run killed while it
+    saves ``last.ckpt`` leaves the previous one whole, so ``resume=true`` still works."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write(path, buffer.getvalue())
 
 
 def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:

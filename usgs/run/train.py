@@ -1,4 +1,8 @@
-"""``train(cfg)``: fit a method, test its best checkpoint, write metrics.json + config + git SHA."""
+"""``train(cfg)``: fit a method, test its chosen checkpoint, write metrics.json + config + git SHA.
+
+The checkpoint tested is ``best.ckpt`` (by ``val/miou``) for methods that learn from labels and
+``last.ckpt`` for label-free ones (``uses_labels`` of the method); the test split is used once, there.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from usgs.callbacks import StoreConfig
-from usgs.run.outputs import atomic_write_text, flat_metrics, git_sha, write_metrics
+from usgs.run.checkpoints import checkpoint_to_test, select_callbacks
+from usgs.run.config_checks import check_config
+from usgs.run.outputs import AtomicCheckpointIO, atomic_write_text, flat_metrics, git_sha, write_metrics
 from usgs.run.prior_auto import ensure_priors
+from usgs.run.resume import check_resumed_config, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +40,16 @@ def config_text(config: dict[str, Any], sha: str) -> str:
 
 
 def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
-    """Seed everything, create the run directory, write ``config.yaml`` and ``git_sha.txt``."""
+    """Check the config values, seed everything, create the run directory, write ``config.yaml`` and
+    ``git_sha.txt``. With ``resume=true`` the config must match the stored one but for ``trainer.max_epochs``.
+    """
+    check_config(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(int(cfg.seed), workers=True)
     run_dir = Path(cfg.paths.output_dir)
     config = resolved_config(cfg)
+    if cfg.get("resume"):
+        check_resumed_config(run_dir, config)
     sha = git_sha(cfg.paths.get("root_dir"))
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     atomic_write_text(run_dir / "git_sha.txt", sha + "\n")
@@ -45,39 +57,49 @@ def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
     return run_dir, config, sha
 
 
-def _instantiate_group(group: DictConfig | None) -> list[Any]:
+def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
+    """``{key: object}`` of a callbacks/logger group; a null entry is switched off, a node without
+    ``_target_`` is an error naming its key."""
     if not group:
-        return []
-    return [instantiate(node, _convert_="all") for node in group.values() if node and "_target_" in node]
+        return {}
+    objects = {}
+    for key, node in group.items():
+        if node is None:
+            continue
+        if not isinstance(node, DictConfig) or "_target_" not in node:
+            given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
+            raise ValueError(f"{name}.{key} has no _target_ (got {given!r}); give it one, or set "
+                             f"{name}.{key}=null to switch it off")
+        objects[str(key)] = instantiate(node, _convert_="all")
+    return objects
 
 
 def train(cfg: DictConfig) -> float | None:
-    """Fit ``cfg.model`` on ``cfg.data``, then test the best checkpoint; returns ``cfg.optimized_metric``."""
+    """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
     run_dir, config, sha = start_run(cfg)
     ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
         model.class_names = list(datamodule.class_names)
-    callbacks = [*_instantiate_group(cfg.get("callbacks")), StoreConfig(config)]
-    loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    record = StoreConfig(config)
+    callbacks = [*select_callbacks(model, _instantiate_group(cfg.get("callbacks"), "callbacks")), record]
+    loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                      plugins=[AtomicCheckpointIO()])
     for logger in loggers:
         logger.log_hyperparams({"git_sha": sha, **config})
         if isinstance(logger, TensorBoardLogger):  # the whole resolved config, readable in TEXT
             logger.experiment.add_text("config", config_text(config, sha), 0)
 
-    resume = None
-    if cfg.get("resume"):
-        last = run_dir / "checkpoints" / "last.ckpt"
-        resume = str(last) if last.is_file() else None
-        log.info("Resuming from %s", resume) if resume else log.info("No %s yet: starting fresh", last)
+    resume = last_checkpoint(run_dir) if cfg.get("resume") else None
     if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
-    metrics = dict(trainer.callback_metrics)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
+    # A run resumed after its last epoch trains no further: its metrics come from the checkpoint.
+    metrics = {**record.restored_metrics, **trainer.callback_metrics}
     if cfg.get("test"):
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=False)
+        tested = checkpoint_to_test(trainer, model)
+        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=False)
         metrics.update(trainer.callback_metrics)
     metrics_path = write_metrics(run_dir, metrics)
     final = flat_metrics(metrics)

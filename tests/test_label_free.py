@@ -1,0 +1,74 @@
+"""Label-free methods never read the ground truth: random masks give bit-identical checkpoints.
+
+Each label-free experiment is trained twice with the same seed, the second time with every mask
+replaced by random labels, with validation (and its sanity check) running as by default. Validation
+reads the masks to log val/miou, so the two runs' val/miou differ; nothing may act on it, so every
+checkpoint they write holds the same tensors, and there is no best.ckpt. A callback that draws from
+torch's global generator as often as the masks say stands for any validation, callback or logging
+code that uses randomness: training must not share that generator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from tests.test_twins import write_prior_cache
+from usgs.data.shapes import CLASS_NAMES, ShapesDataset
+from usgs.run.train import train
+
+SMALL = ["data.image_size=32", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
+         "data.eval_batch_size=4", "trainer.max_epochs=2", "callbacks.prediction_overlays=null",
+         "+callbacks.mask_dependent_draws._target_=tests.test_label_free.MaskDependentDraws"]
+LABEL_FREE = {
+    "maskcontrast": ["model.net.head_channels=32", "model.queue_size=16"],
+    "twins": ["model.num_predictions=7", "model.matching=hungarian", "model.net.head_channels=32"],
+}
+
+
+class MaskDependentDraws(pl.Callback):
+    """Draws from the global generator a number of times that depends on the validation masks."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        torch.rand(int(batch["mask"].sum()) % 97 + 1)
+
+
+def _random_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    load = ShapesDataset.load
+
+    def load_with_random_mask(self: ShapesDataset, index: int) -> dict[str, np.ndarray]:
+        raw = load(self, index)
+        rng = np.random.default_rng([12345, len(self.split), index])  # its own generator, not torch's
+        raw["mask"] = rng.integers(0, len(CLASS_NAMES), raw["mask"].shape).astype(np.uint8)
+        return raw
+
+    monkeypatch.setattr(ShapesDataset, "load", load_with_random_mask)
+
+
+@pytest.mark.parametrize("experiment", sorted(LABEL_FREE))
+def test_random_masks_give_identical_checkpoints(experiment: str, make_cfg, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = {}
+    for name in ("true_masks", "random_masks"):
+        cfg = make_cfg([f"experiment={experiment}", *SMALL, *LABEL_FREE[experiment]], run_dir=tmp_path / name)
+        if cfg.data.get("prior"):
+            write_prior_cache(cfg)  # the prior is an input, the same in both runs (written before masks change)
+        if name == "random_masks":
+            _random_masks(monkeypatch)
+        train(cfg)
+        runs[name] = tmp_path / name
+    files = {name: sorted(p.name for p in (run / "checkpoints").iterdir()) for name, run in runs.items()}
+    assert files["true_masks"] == files["random_masks"] == ["last.ckpt"]  # no best.ckpt chosen on labels
+    a, b = (torch.load(run / "checkpoints" / "last.ckpt", weights_only=False) for run in runs.values())
+    assert a["global_step"] == b["global_step"] == 4
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    different = [k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])]
+    assert not different, f"weights differ with random masks: {different[:5]}"
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in runs.values()]
+    assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
+    assert metrics[0]["val/miou"] != metrics[1]["val/miou"]  # the masks did change, and validation saw them
