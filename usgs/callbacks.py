@@ -7,6 +7,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
+from torch import Tensor
 
 from usgs.visualize import color_palette, prediction_panel
 
