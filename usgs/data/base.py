@@ -309,12 +309,16 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
         wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in wanted.get(stage or "", self.splits):
             self._cached(split)
-        # explicit overrides (e.g. one sample tile for every split) can make splits overlap: say so
-        shared = overlapping_ids({split: self.split_ids(split) for split in self._datasets})
+        self.check_splits(list(self._datasets))
+
+    def check_splits(self, splits: Sequence[str]) -> None:
+        """Warn when two of ``splits`` share ids (explicit overrides, e.g. one sample tile for all)."""
+        shared = overlapping_ids({split: self.split_ids(split) for split in splits})
         for (a, b), ids in shared.items():
+            more = ", ..." if len(ids) > 3 else ""
             log.warning(
-                "data %r: splits %s and %s share %d id(s) (%s...): scores on %s are not held out",
-                self.name, a, b, len(ids), ", ".join(ids[:3]), b,
+                "data %r: splits %s and %s share %d id(s) (%s%s): scores on %s are not held out",
+                self.name, a, b, len(ids), ", ".join(ids[:3]), more, b,
             )  # fmt: skip
 
     def _loader(self, split: str, train: bool) -> DataLoader:
