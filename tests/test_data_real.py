@@ -49,7 +49,8 @@ def test_voc_train_aug_list_handling(shared_data: Path) -> None:
     strict = _voc(shared_data, list_dir="ImageSets/Segmentation/official_full")
     with pytest.raises(
         # train_aug minus the 146 val ids carved out of the official train list: 10,436 ids
-        FileNotFoundError, match=r"20868 of 20872 files listed by .*train_aug.txt are missing"
+        FileNotFoundError,
+        match=r"20868 of 20872 files listed by .*train_aug.txt are missing",
     ):
         strict.dataset("train")
     dm = _voc(
@@ -131,7 +132,12 @@ def test_cityscapes_trainids_match_the_shipped_labeltrainids(shared_data: Path) 
 
 
 def _vaihingen(shared_data: Path, **kwargs: object) -> VaihingenDataModule:
-    tiles = {"train_tiles": [1], "val_tiles": [1], "test_tiles": [1], "weak_tiles": [1]}  # the one sample tile
+    tiles = {
+        "train_tiles": [1],
+        "val_tiles": [1],
+        "test_tiles": [1],
+        "weak_tiles": [1],
+    }  # the one sample tile
     args: dict = {"num_classes": 5, **tiles, **BASE, **kwargs}
     return VaihingenDataModule(root=shared_data / "vaihingen_sample", **args)
 

@@ -60,7 +60,11 @@ def holdout_split(
     if split == "test" and num_test == 0:
         raise ValueError("test_fraction=0: this split has no test part (the official held-out split is test)")
     order = np.random.default_rng(seed).permutation(len(ids))
-    bounds = {"test": (0, num_test), "val": (num_test, num_test + num_val), "train": (num_test + num_val, None)}
+    bounds = {
+        "test": (0, num_test),
+        "val": (num_test, num_test + num_val),
+        "train": (num_test + num_val, None),
+    }
     start, stop = bounds[split]
     return [ids[i] for i in sorted(order[start:stop])]
 

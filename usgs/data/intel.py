@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split, split_sources
+from usgs.data.base import (
+    SegmentationDataModule,
+    SegmentationDataset,
+    Transform,
+    holdout_split,
+    split_sources,
+)
 from usgs.data.io import read_rgb
 
 CLASS_NAMES = ("buildings", "forest", "glacier", "mountain", "sea", "street")

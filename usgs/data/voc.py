@@ -149,7 +149,9 @@ class VOCDataModule(SegmentationDataModule):
         if split == "val":
             return carved, f"{self.val_from}.txt (seeded val_fraction={self.val_fraction})"
         taken = set(carved)
-        return [i for i in self._read(str(self.lists["train"])) if i not in taken], f"{self.lists['train']}.txt"
+        return [
+            i for i in self._read(str(self.lists["train"])) if i not in taken
+        ], f"{self.lists['train']}.txt"
 
     def split_ids(self, split: str) -> list[str]:
         """Ids of the split's list whose image and label files exist (or an error listing the missing)."""

@@ -124,8 +124,9 @@ class TorchKMeansPrior(MaskPrior):
 
     ``k``: number of prior clusters G; ``local_k``: clusters per image.
     Per-image clustering runs for ``batch_size`` images at once on ``samples_per_image`` random
-    pixels each (colour in ``colour_space``, optional xy position with ``xy_weight``); all pixels
-    are then assigned to their nearest local centre. ``stages=2``: global k-means of all local
+    pixels each (``None``: every pixel, one image per problem, as the seed); features are colour in
+    ``colour_space`` and optional xy position with ``xy_weight``; all pixels are then assigned to
+    their nearest local centre. ``stages=2``: global k-means of all local
     centres (best of ``restarts`` runs, solved as one batch), as in the seed. ``stages=1``: global
     k-means directly on the sampled pixels of all images. ``model``: a trained module whose dense,
     L2-normalised features (``usgs.methods.dense_outputs``) are appended to colour and
@@ -142,7 +143,7 @@ class TorchKMeansPrior(MaskPrior):
         stages: Literal[1, 2] = 2,
         colour_space: Literal["rgb", "lab", "hsv"] = "lab",
         xy_weight: float = 0.5,
-        samples_per_image: int = 1024,
+        samples_per_image: int | None = 1024,
         iters: int = 10,
         global_iters: int = 100,
         restarts: int = 4,
@@ -188,13 +189,18 @@ class TorchKMeansPrior(MaskPrior):
         # list, so a resumed run recomputes a batch exactly.
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(indices[0]))
         feats = [self._features(im) for im in images]
-        picks = [torch.randint(len(f), (self.samples,), generator=gen).to(self.device) for f in feats]
-        sampled = torch.stack([f[p] for f, p in zip(feats, picks, strict=True)])  # [B,P,D]
+        if self.samples is None:  # every pixel, as the seed: one problem per image (sizes differ)
+            batches = [f[None] for f in feats]
+        else:
+            picks = [torch.randint(len(f), (self.samples,), generator=gen).to(self.device) for f in feats]
+            batches = [torch.stack([f[p] for f, p in zip(feats, picks, strict=True)])]  # [B,P,D]
         if self.stages == 1:
-            return [{"centers": s.cpu().numpy()} for s in sampled]
-        res = kmeans(sampled, self.local_k, iters=self.iters, generator=gen)
+            return [{"centers": s.cpu().numpy()} for batch in batches for s in batch]
+        centers = torch.cat(
+            [kmeans(b, self.local_k, iters=self.iters, generator=gen).centers for b in batches]
+        )
         states = []
-        for image, f, c in zip(images, feats, res.centers, strict=True):
+        for image, f, c in zip(images, feats, centers, strict=True):
             labels = assign(f, c).view(image.shape[:2]).to(torch.uint8).cpu().numpy()
             states.append({"labels": labels, "centers": c.cpu().numpy()})
         return states
