@@ -89,9 +89,10 @@ def _mean_std(values: Sequence[float]) -> str:
 # bench/sweep_priors.py kmeans).
 KMEANS_ROWS = (
     ("kmeans, seed features: RGB, every pixel, one image per problem", {"colour_space": "rgb", "xy_weight": 0.0, "samples_per_image": None}),
-    ("+ 1024 sampled pixels per image, 64 images per batched problem", {"colour_space": "rgb", "xy_weight": 0.0, "samples_per_image": 1024}),
-    ("+ Lab colour", {"colour_space": "lab", "xy_weight": 0.0, "samples_per_image": 1024}),
-    ("+ position (xy_weight 0.5)", {"colour_space": "lab", "xy_weight": 0.5, "samples_per_image": 1024}),
+    ("+ 256 sampled pixels per image, 64 images per batched problem", {"colour_space": "rgb", "xy_weight": 0.0, "samples_per_image": 256}),
+    ("+ HSV colour (cone)", {"colour_space": "hsv", "xy_weight": 0.0, "samples_per_image": 256}),
+    ("+ position, xy_weight 0.5 (= conf/prior/kmeans.yaml)", {"colour_space": "hsv", "xy_weight": 0.5, "samples_per_image": 256}),
+    ("(previous default: Lab + position 0.5, 1024 samples)", {"colour_space": "lab", "xy_weight": 0.5, "samples_per_image": 1024}),
 )  # fmt: skip
 
 
@@ -103,7 +104,6 @@ def bench_kmeans(args: argparse.Namespace) -> list[dict]:
     morph = Morphology(kernel=5)  # the seed's close + open with a 5x5 ellipse, for every row
     results: dict[str, dict[str, list[float]]] = {}
     rows = {"kmeans_seed (OpenCV + scikit-learn)": None, **dict(KMEANS_ROWS)}
-    rows["defaults (conf/prior/kmeans.yaml)"] = {}
 
     def add(name: str, key: str, value: float) -> None:
         results.setdefault(name, {}).setdefault(key, []).append(value)

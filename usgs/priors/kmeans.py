@@ -106,12 +106,22 @@ class SeedKMeansPrior(MaskPrior):
 
 
 def pixel_features(image: np.ndarray, colour_space: str = "lab", xy_weight: float = 0.0) -> torch.Tensor:
-    """Per-pixel features float32 [H*W, D] of a uint8 RGB image: colour in [0,1] (+ weighted x, y in [0,1])."""
+    """Per-pixel features float32 [H*W, D] of a uint8 RGB image: colour in [0,1] (+ weighted x, y in [0,1]).
+
+    ``hsv`` is the HSV cone (value, then saturation-scaled cosine and sine of the hue), so that
+    hue wraps around instead of splitting red at both ends of a line.
+    """
     if colour_space not in _COLOUR_SPACES:
         raise ValueError(f"unknown colour space {colour_space!r}; valid: {sorted(_COLOUR_SPACES)}")
     code = _COLOUR_SPACES[colour_space]
     colour = image if code is None else cv2.cvtColor(image, code)
     feats = torch.from_numpy(colour.reshape(-1, 3)).float().div_(255.0)
+    if colour_space == "hsv":
+        # hue is an angle: on the HSV cone (value, saturation x cos / sin of hue, mapped to [0,1])
+        # red at hue 0 and at hue 1 is one colour, where a plain (h, s, v) line splits it in two
+        angle = 2 * torch.pi * feats[:, 0]
+        sat = feats[:, 1]
+        feats = torch.stack([feats[:, 2], 0.5 + 0.5 * sat * angle.cos(), 0.5 + 0.5 * sat * angle.sin()], 1)
     if xy_weight > 0:
         h, w = image.shape[:2]
         ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
@@ -141,9 +151,9 @@ class TorchKMeansPrior(MaskPrior):
         k: int = 40,
         local_k: int = 5,
         stages: Literal[1, 2] = 2,
-        colour_space: Literal["rgb", "lab", "hsv"] = "lab",
+        colour_space: Literal["rgb", "lab", "hsv"] = "hsv",
         xy_weight: float = 0.5,
-        samples_per_image: int | None = 1024,
+        samples_per_image: int | None = 256,
         iters: int = 10,
         global_iters: int = 100,
         restarts: int = 4,
