@@ -133,8 +133,9 @@ def _cityscapes_overrides(shared_data: Path) -> list[str]:
     return [
         "experiment=clusternet",
         f"data.root={root}",
-        # The sample ships one val frame only: every split reads it.
-        "data.split_dirs={train:val,val:val,test:val}",
+        # The sample ships one val frame only: every split reads it (splits overlap: a smoke test).
+        "data.split_dirs.train=val",
+        "+data.split_dirs.val=val",
         "data.train_transform.crop_size=96",
         "data.persistent_workers=false",
         "data.batch_size=1",

@@ -29,8 +29,9 @@ DATA_CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "co
 def test_stanford_split_regions_and_labels(shared_data: Path) -> None:
     dm = StanfordDataModule(root=shared_data / STANFORD, num_classes=8, **BASE)
     train, val = dm.dataset("train", transform=None), dm.dataset("val", transform=None)
-    assert len(train) + len(val) == 715 and len(val) == 143 and not set(train.ids) & set(val.ids)
-    assert dm.dataset("test", transform=None).ids == val.ids
+    test = dm.dataset("test", transform=None)
+    assert (len(train), len(val), len(test)) == (429, 143, 143)  # 60 / 20 / 20 of 715
+    assert len(set(train.ids) | set(val.ids) | set(test.ids)) == 715  # disjoint, all images used
     assert (
         StanfordDataModule(root=shared_data / STANFORD, num_classes=8, **BASE).dataset("val").ids == val.ids
     )
@@ -73,7 +74,9 @@ def test_intel_labels_and_prior_as_target(shared_data: Path, tmp_path: Path) -> 
     root = shared_data / "intel_image_classification"
     dm = IntelDataModule(root=root, num_classes=6, **BASE)
     train = dm.dataset("train", transform=None)
-    assert len(train) == 900 and len(dm.dataset("val", transform=None)) == 300
+    # test = seg_test (300); val = a seeded 20% of seg_train (180 of 900)
+    assert len(train) == 720 and len(dm.dataset("val", transform=None)) == 180
+    assert len(dm.dataset("test", transform=None)) == 300
     sample = train[0]
     assert "mask" not in sample and sample["image"].shape == (3, 150, 150)
     assert INTEL_CLASSES[int(sample["labels"].argmax())] == train.ids[0].split("/")[0] == "buildings"
@@ -95,10 +98,9 @@ def test_intel_labels_and_prior_as_target(shared_data: Path, tmp_path: Path) -> 
 def test_weizmann_resizes_images_to_masks(shared_data: Path) -> None:
     root = shared_data / "weizmann_horse/weizmann_horse_db"
     dm = WeizmannDataModule(root=root, num_classes=2, **BASE)
-    train, val = dm.dataset("train", transform=None), dm.dataset("val", transform=None)
-    assert len(train) + len(val) == 328 and dm.class_names == ("background", "horse")
-    index = (train.ids + val.ids).index("horse002")
-    ds = train if index < len(train) else val
+    splits = [dm.dataset(s, transform=None) for s in ("train", "val", "test")]
+    assert [len(s) for s in splits] == [196, 66, 66] and dm.class_names == ("background", "horse")
+    ds = next(s for s in splits if "horse002" in s.ids)
     raw = ds.load(ds.ids.index("horse002"))
     grey = np.array(Image.open(root / "figure_ground" / "horse002.jpg").convert("L"))
     assert raw["image"].shape == (212, 269, 3) and grey.shape == (212, 269)  # rgb/ is 250x197
@@ -128,17 +130,19 @@ def _folder(tmp_path: Path, by_split: bool) -> Path:
 def test_folder_splits_saliency_and_bad_labels(tmp_path: Path) -> None:
     args = dict(class_names=["a", "b", "c"], num_classes=3, saliency_dir="saliency", **BASE)
     dm = FolderDataModule(root=_folder(tmp_path / "split", True), train_transform=TrainTransform(8), **args)
-    assert dm.dataset("train").ids == ["0", "1", "2"] and dm.dataset("val").ids == ["3", "4"]
+    # train/ + val/ only: val/ is the reported test split, val is carved out of train/ (1 of 3)
+    assert dm.dataset("test").ids == ["3", "4"] and len(dm.dataset("val").ids) == 1
+    assert sorted(dm.dataset("train").ids + dm.dataset("val").ids) == ["0", "1", "2"]
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"image", "mask", "saliency", "labels", "index", "name"}
     assert torch.equal(batch["saliency"] == 1, batch["mask"] == 2)
     flat = FolderDataModule(root=_folder(tmp_path / "flat", False), val_fraction=0.4, **args)
-    assert len(flat.dataset("train")) == 3 and len(flat.dataset("val")) == 2
+    assert [len(flat.dataset(s)) for s in ("train", "val", "test")] == [2, 2, 1]
     too_few = FolderDataModule(
         root=tmp_path / "flat", **{**args, "class_names": ["a", "b"], "num_classes": 2}
     )
-    ds = too_few.dataset("val")
-    bad = next(i for i in range(len(ds)) if int(ds.ids[i]) % 3 == 2)
+    ds = next(d for d in map(too_few.dataset, ("train", "val", "test")) if "2" in d.ids)
+    bad = ds.ids.index("2")
     with pytest.raises(ValueError, match=rf"masks/{ds.ids[bad]}.png\): label value\(s\) \[2\] out of range"):
         ds[bad]
     with pytest.raises(ValueError, match="num_classes=4"):

@@ -30,7 +30,7 @@ def _voc(shared_data: Path, **kwargs: object) -> VOCDataModule:
 
 
 def test_voc_palette_png_decoding_and_void(shared_data: Path) -> None:
-    ds = _voc(shared_data, train_list="train").dataset("val", transform=None)
+    ds = _voc(shared_data, train_list="train").dataset("test", transform=None)  # test = official val
     assert ds.ids == ["2007_000033", "2007_000042"]
     mask = ds.load(0)["mask"]
     rgb = np.array(Image.open(shared_data / VOC_SUB / "SegmentationClass/2007_000033.png").convert("RGB"))
@@ -48,7 +48,9 @@ def test_voc_train_aug_list_handling(shared_data: Path) -> None:
     assert len(train_aug) == 10582 and len(val) == 1449 and not set(train_aug) & set(val)
     strict = _voc(shared_data, list_dir="ImageSets/Segmentation/official_full")
     with pytest.raises(
-        FileNotFoundError, match=r"21160 of 21164 files listed by .*train_aug.txt are missing"
+        # train_aug minus the 146 val ids carved out of the official train list: 10,436 ids
+        FileNotFoundError,
+        match=r"20868 of 20872 files listed by .*train_aug.txt are missing",
     ):
         strict.dataset("train")
     dm = _voc(
@@ -60,7 +62,7 @@ def test_voc_train_aug_list_handling(shared_data: Path) -> None:
     train = dm.dataset("train", transform=None)
     assert train.ids == ["2007_000032", "2007_000039"]
     assert train.label_dir.name == "SegmentationClassAug"
-    assert dm.dataset("val", transform=None).label_dir.name == "SegmentationClass"
+    assert dm.dataset("test", transform=None).label_dir.name == "SegmentationClass"
     # the default layout has no train_aug.txt on this subset: the error says where it goes
     with pytest.raises(FileNotFoundError, match=r"ImageSets/Segmentation/train_aug.txt.*prepare"):
         _voc(shared_data).dataset("train")
@@ -82,13 +84,13 @@ def test_voc_saliency_folder(shared_data: Path, tmp_path: Path) -> None:
             root / "saliency" / f"{name}.png"
         )
     ds = VOCDataModule(root=root, num_classes=21, saliency_dir="saliency", **BASE).dataset(
-        "val", transform=None
+        "test", transform=None
     )
     np.testing.assert_array_equal(ds[0]["saliency"].numpy(), saliency // 255)
     with pytest.raises(ValueError, match=r"2007_000042.jpg is .* but label .*saliency/2007_000042.png"):
         ds.load(1)
     with pytest.raises(FileNotFoundError, match="saliency folder missing"):
-        VOCDataModule(root=root, num_classes=21, saliency_dir="nothing", **BASE).dataset("val")
+        VOCDataModule(root=root, num_classes=21, saliency_dir="nothing", **BASE).dataset("test")
 
 
 def test_voc_prepare_fails_fast_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +108,7 @@ def test_voc_prepare_fails_fast_offline(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_cityscapes_trainids_match_the_shipped_labeltrainids(shared_data: Path) -> None:
     root = shared_data / CITY_SUB
-    ds = CityscapesDataModule(root=root, num_classes=19, **BASE).dataset("val", transform=None)
+    ds = CityscapesDataModule(root=root, num_classes=19, **BASE).dataset("test", transform=None)  # = val/
     assert ds.ids == [FRAME]
     shipped = np.array(Image.open(root / f"gtFine/val/{FRAME}_gtFine_labelTrainIds.png"))
     label_ids = np.array(Image.open(root / f"gtFine/val/{FRAME}_gtFine_labelIds.png"))
@@ -130,7 +132,13 @@ def test_cityscapes_trainids_match_the_shipped_labeltrainids(shared_data: Path) 
 
 
 def _vaihingen(shared_data: Path, **kwargs: object) -> VaihingenDataModule:
-    args: dict = {"num_classes": 5, "train_tiles": [1], "val_tiles": [1], "weak_tiles": [1], **BASE, **kwargs}
+    tiles = {
+        "train_tiles": [1],
+        "val_tiles": [1],
+        "test_tiles": [1],
+        "weak_tiles": [1],
+    }  # the one sample tile
+    args: dict = {"num_classes": 5, **tiles, **BASE, **kwargs}
     return VaihingenDataModule(root=shared_data / "vaihingen_sample", **args)
 
 
@@ -179,13 +187,17 @@ def test_vaihingen_random_and_weak_crops(shared_data: Path) -> None:
 
 def test_vaihingen_split_and_errors(shared_data: Path) -> None:
     split = seed_split()
-    assert [len(split[k]) for k in ("n1", "n2", "val")] == [3, 23, 7]
-    assert sorted(split["n1"] + split["n2"] + split["val"]) == sorted(AREAS) and seed_split() == split
+    # the seed's 3 N1, 23 N2 and 7 test tiles; 3 val tiles then leave N2
+    assert [len(split[k]) for k in ("n1", "n2", "val", "test")] == [3, 20, 3, 7]
+    assert sorted(sum(split.values(), [])) == sorted(AREAS) and seed_split() == split
+    one = seed_split(n_val=1)  # val is drawn after the seed's draws: N1, test and N2 + val are the seed's
+    assert one["test"] == split["test"] and one["n1"] == split["n1"] and len(one["val"]) == 1
+    assert sorted(one["n2"] + one["val"]) == sorted(split["n2"] + split["val"])
     assert seed_split(1) != split
     dm = VaihingenDataModule(root=shared_data / "vaihingen_sample", num_classes=5, **BASE)
-    missing = next(a for a in split["val"] if a != 1)
-    with pytest.raises(FileNotFoundError, match=rf"area{missing}.tif.*val_tiles"):
-        dm.dataset("val")
+    missing = next(a for a in split["test"] if a != 1)
+    with pytest.raises(FileNotFoundError, match=rf"area{missing}.tif.*test_tiles"):
+        dm.dataset("test")
     colours = np.array([[[255, 0, 0], [0, 0, 0], [9, 9, 9]]], np.uint8)
     ids = np.array([0, 1, 2, 3, 4, 5, 255], np.uint8)
     np.testing.assert_array_equal(decode_colours(colours[:, :2], COLOURS, ids, Path("x.tif")), [[5, 255]])

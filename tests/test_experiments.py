@@ -25,7 +25,7 @@ FAST = ["data=shapes", "data.image_size=32", "data.batch_size=4", "data.eval_bat
         "trainer.fast_dev_run=true", "logger=csv"]
 # Vaihingen experiments set the Vaihingen DataModule's tile splits, which the synthetic data has
 # not: they run on the real sample tile (area 1, 512 x 512) at test sizes instead.
-VAIHINGEN_SAMPLE = ["data.train_tiles=[1]", "data.weak_tiles=[1]", "data.val_tiles=[1]", "data.crop_size=64",
+VAIHINGEN_SAMPLE = ["data.train_tiles=[1]", "data.weak_tiles=[1]", "data.val_tiles=[1]", "data.test_tiles=[1]", "data.crop_size=64",
                     "data.train_transform.crop_size=64", "data.crops_per_tile=4", "data.tile_size=128",
                     "data.batch_size=2", "data.eval_batch_size=2", "data.num_workers=0",
                     "data.persistent_workers=false", "logger=csv",

@@ -87,6 +87,9 @@ def test_torch_prior_one_stage_and_features() -> None:
     assert out[0, 0] != out[0, -1] and len(np.unique(out)) == 2
     with pytest.raises(ValueError, match="valid"):
         TorchKMeansPrior(colour_space="xyz")  # type: ignore[arg-type]
+    # hsv: hue wraps around, so two reds on either side of hue 0 are neighbours, not opposite ends
+    reds = pixel_features(np.array([[[200, 30, 36], [200, 36, 30], [30, 200, 30]]], np.uint8), "hsv")
+    assert float((reds[0] - reds[1]).norm()) < 0.05 < float((reds[0] - reds[2]).norm())
 
 
 def test_dense_crf_cleans_noisy_unary_along_an_edge() -> None:
@@ -203,7 +206,7 @@ class _HalvesEmbedding(torch.nn.Module):
         b, _, h, w = image.shape
         features = torch.zeros(b, 2, h, w)
         features[:, 0, :, : w // 2] = 1.0
-        features[:, 1, :, w // 2:] = 1.0
+        features[:, 1, :, w // 2 :] = 1.0
         return features, None
 
 
@@ -216,6 +219,7 @@ def test_kmeans_prior_uses_network_features_when_given() -> None:
         states = prior.local([image], [0])
         prior.fit(states)
         results[name] = prior.finalize_raw(image, states[0])
+
     def splits_halves(labels: np.ndarray) -> bool:
         left, right = labels[:, :8], labels[:, 8:]
         return len(np.unique(left)) == 1 and len(np.unique(right)) == 1 and left[0, 0] != right[0, 0]

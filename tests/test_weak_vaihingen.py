@@ -24,7 +24,7 @@ def sample_overrides(shared_data: Path) -> list[str]:
         f"data.root={shared_data / 'vaihingen_sample'}",
         "data.train_tiles=[1]",
         "data.weak_tiles=[]",
-        "data.val_tiles=[1]",
+        "data.val_tiles=[1]", "data.test_tiles=[1]",
         "data.train_gt=eroded",  # the sample has no full (non-eroded) ground truth
         "data.crop_size=64",
         "data.train_transform.crop_size=64",

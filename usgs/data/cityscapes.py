@@ -8,7 +8,8 @@ setting of the ClusterNet thesis (use ``data.num_classes=34``); ``label_mode="id
 
 Cityscapes needs a (free) login at https://www.cityscapes-dataset.com, so nothing is downloaded:
 get ``leftImg8bit_trainvaltest.zip`` and ``gtFine_trainvaltest.zip`` there and unzip both into the
-root. The public test labels are dummies, so ``test`` reads ``val`` by default.
+root. The public test labels are dummies, so the official ``val`` (500 frames) is the test split
+and val is carved out of ``train`` (``val_fraction``, ``split_seed``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
+from usgs.data.base import (
+    SegmentationDataModule,
+    SegmentationDataset,
+    Transform,
+    holdout_split,
+    split_sources,
+)
 from usgs.data.io import IGNORE_INDEX, check_same_size, read_index_png, read_rgb
 
 # (raw id, name, train id) from cityscapesScripts/helpers/labels.py; 255 = not evaluated.
@@ -92,7 +99,8 @@ class CityscapesDataset(SegmentationDataset):
 class CityscapesDataModule(SegmentationDataModule):
     """Cityscapes fine annotations; ``label_mode``: "trainid" (19), "raw" (34 ids) or "id27" (27).
 
-    ``split_dirs`` maps train/val/test to the on-disk split folders (test -> val by default).
+    ``split_dirs`` maps train/test (and optionally val) to the on-disk split folders; by default
+    test reads the official val and val is carved out of train (``val_fraction``, ``split_seed``).
     """
 
     name = "cityscapes"
@@ -103,6 +111,8 @@ class CityscapesDataModule(SegmentationDataModule):
         *,
         label_mode: str = "trainid",
         split_dirs: dict[str, str] | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         modes = {"trainid": (TRAIN_CLASS_NAMES, TRAIN_ID_LUT), "raw": (RAW_CLASS_NAMES, RAW_LUT),
@@ -115,24 +125,28 @@ class CityscapesDataModule(SegmentationDataModule):
             self.palette = rng.integers(0, 256, (len(RAW_CLASS_NAMES), 3), dtype=np.uint8)[-len(self.class_names):]
         super().__init__(**kwargs)
         self.label_mode = label_mode
-        self.split_dirs = dict(split_dirs or {"train": "train", "val": "val", "test": "val"})
+        self.sources = split_sources(split_dirs or {"train": "train", "test": "val"}, f"data {self.name!r}")
+        self.val_fraction, self.split_seed = val_fraction, split_seed
 
     def split_ids(self, split: str) -> list[str]:
         root = self.require_root(LAYOUT)
-        image_dir = root / "leftImg8bit" / self.split_dirs[split]
+        source, carved = self.sources[split]
+        image_dir = root / "leftImg8bit" / source
         suffix = "_leftImg8bit.png"
         ids = sorted(f"{p.parent.name}/{p.name[: -len(suffix)]}" for p in image_dir.glob(f"*/*{suffix}"))
         if not ids:
             raise FileNotFoundError(f"no Cityscapes images under {image_dir}; expected {LAYOUT}")
-        return ids
+        if carved:
+            ids = holdout_split(ids, split, self.val_fraction, self.split_seed)
+        return [f"{source}/{i}" for i in ids]
 
     def build_dataset(
         self, split: str, transform: Transform | None, prior_dir: Path | None
     ) -> CityscapesDataset:
         root = self.require_root(LAYOUT)
-        folder = self.split_dirs[split]
+        folder = self.sources[split][0]
         return CityscapesDataset(
-            self.split_ids(split),
+            [i.split("/", 1)[1] for i in self.split_ids(split)],
             root / "leftImg8bit" / folder,
             root / "gtFine" / folder,
             self.lut,

@@ -1,9 +1,11 @@
 """Any dataset laid out as ``images/`` + ``masks/`` (+ optional ``saliency/``), classes from the config.
 
 Layout: ``<root>/<image_dir>/<stem>.<jpg|jpeg|png>`` and ``<root>/<mask_dir>/<stem><mask_ext>``
-(single-channel or palette PNG whose values are class ids, 255 = ignore). If ``<root>/<image_dir>``
-has ``train/``, ``val/`` (and ``test/``) sub-folders they are the splits (same below ``mask_dir``);
-otherwise a seeded permutation puts ``val_fraction`` of the images in val (test = val).
+(single-channel or palette PNG whose values are class ids, 255 = ignore). Splits (``split_sources``):
+- no sub-folders: a seeded three-way split, ``test_fraction`` to test, ``val_fraction`` to val;
+- ``train/``, ``val/`` and ``test/`` sub-folders (same below ``mask_dir``): they are the splits;
+- ``train/`` and one held-out folder (``val/`` or ``test/``): the held-out folder is test and val is
+  carved out of ``train/`` (``val_fraction``, seeded), as for VOC and Cityscapes.
 
 Options for figure/ground data (Weizmann horses, see `usgs.data.weizmann`): ``mask_threshold``
 binarises grey masks (value >= threshold -> 1), ``resize_image_to_mask`` resizes images that come at
@@ -18,7 +20,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.base import (
+    SPLITS,
+    SegmentationDataModule,
+    SegmentationDataset,
+    Transform,
+    holdout_split,
+    split_sources,
+)
 from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb, read_saliency
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
@@ -89,6 +98,7 @@ class FolderDataModule(SegmentationDataModule):
         resize_image_to_mask: bool = False,
         saliency_from_mask: bool = False,
         val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
         split_seed: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -106,11 +116,8 @@ class FolderDataModule(SegmentationDataModule):
             saliency_dir,
         )
         self.mask_threshold, self.resize_image_to_mask = mask_threshold, resize_image_to_mask
-        self.saliency_from_mask, self.val_fraction, self.split_seed = (
-            saliency_from_mask,
-            val_fraction,
-            split_seed,
-        )
+        self.saliency_from_mask, self.split_seed = saliency_from_mask, split_seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
 
     def layout(self) -> str:
         return (
@@ -118,23 +125,39 @@ class FolderDataModule(SegmentationDataModule):
             f"<root>/{self.mask_dir}/[<split>/]<stem>{self.mask_ext}"
         )
 
+    def split_sources(self) -> dict[str, tuple[str | None, bool]]:
+        """Per split: (sub-folder or None for a flat folder, whether a seeded split picks its ids)."""
+        image_dir = self.require_root(self.layout()) / self.image_dir
+        present = [s for s in SPLITS if (image_dir / s).is_dir()]
+        if not present:
+            return {s: (None, True) for s in SPLITS}
+        if "train" not in present or len(present) == 1:
+            raise FileNotFoundError(
+                f"{image_dir} has sub-folder(s) {present}: expected train/ and val/ and/or test/ "
+                f"(or no sub-folders for a seeded split); layout {self.layout()}"
+            )
+        # train/ + one held-out folder (val/ or test/): that folder is test, val is carved from train/
+        dirs = {s: s for s in present} if len(present) == 3 else {"train": "train", "test": present[1]}
+        return dict(split_sources(dirs, f"data {self.name!r}"))
+
     def build_dataset(self, split: str, transform: Transform | None, prior_dir: Path | None) -> FolderDataset:
         root = self.require_root(self.layout())
         image_dir, mask_dir = root / self.image_dir, root / self.mask_dir
         saliency_dir = root / self.saliency_dir if self.saliency_dir is not None else None
-        by_split = (image_dir / "train").is_dir()
-        if by_split:
-            image_dir, mask_dir = image_dir / split, mask_dir / split
-            saliency_dir = saliency_dir / split if saliency_dir is not None else None
-        for folder in (image_dir, mask_dir, saliency_dir):
-            if folder is not None and not folder.is_dir():
-                raise FileNotFoundError(f"folder missing: {folder}; expected {self.layout()}")
+        folder, seeded = self.split_sources()[split]
+        if folder is not None:
+            image_dir, mask_dir = image_dir / folder, mask_dir / folder
+            saliency_dir = saliency_dir / folder if saliency_dir is not None else None
+        for path in (image_dir, mask_dir, saliency_dir):
+            if path is not None and not path.is_dir():
+                raise FileNotFoundError(f"folder missing: {path}; expected {self.layout()}")
         paths = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
         if not paths:
             raise FileNotFoundError(f"no images in {image_dir}; expected {self.layout()}")
         ids = sorted(paths)
-        if not by_split:
-            ids = holdout_split(ids, split, self.val_fraction, self.split_seed)
+        if seeded:  # flat: three-way; train/ + one held-out folder: val carved out of train/
+            test_fraction = self.test_fraction if folder is None else 0.0
+            ids = holdout_split(ids, split, self.val_fraction, self.split_seed, test_fraction)
         return FolderDataset(
             ids,
             paths,
@@ -148,3 +171,9 @@ class FolderDataModule(SegmentationDataModule):
             transform,
             prior_dir,
         )
+
+    def split_ids(self, split: str) -> list[str]:
+        """Ids prefixed with their sub-folder: files of different folders are different images."""
+        folder, _ = self.split_sources()[split]
+        ids = self.build_dataset(split, None, None).ids
+        return [f"{folder}/{i}" for i in ids] if folder is not None else ids

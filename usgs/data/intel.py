@@ -1,7 +1,8 @@
 """Intel Image Classification (the seed dataset of the k-means-prior twin work), class-folder layout.
 
 ``seg_train/seg_train/<class>/<n>.jpg`` and ``seg_test/seg_test/<class>/<n>.jpg``, 150x150 scenes of 6
-classes. There are no pixel labels: every sample has its one-hot image label in ``labels``; when a
+classes. Splits: test = seg_test; val is carved out of seg_train (``val_fraction``, ``split_seed``),
+train is the rest of seg_train. There are no pixel labels: every sample has its one-hot image label in ``labels``; when a
 prior is selected (``data.prior=...``), the cached prior mask is also the segmentation target
 ``mask`` (the seed trains and scores the twins against the k-means prior), so ``prior_splits``
 defaults to all splits here.
@@ -14,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
+from usgs.data.base import (
+    SegmentationDataModule,
+    SegmentationDataset,
+    Transform,
+    holdout_split,
+    split_sources,
+)
 from usgs.data.io import read_rgb
 
 CLASS_NAMES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -26,7 +33,7 @@ LAYOUT = (
     "<root>/seg_train/seg_train/<class>/<n>.jpg and <root>/seg_test/seg_test/<class>/<n>.jpg, classes "
     + ", ".join(CLASS_NAMES)
 )
-SPLIT_DIRS = {"train": "seg_train/seg_train", "val": "seg_test/seg_test", "test": "seg_test/seg_test"}
+SPLIT_DIRS = {"train": "seg_train/seg_train", "test": "seg_test/seg_test"}  # val: carved out of train
 
 
 class IntelDataset(SegmentationDataset):
@@ -55,7 +62,7 @@ class IntelDataset(SegmentationDataset):
 
 
 class IntelDataModule(SegmentationDataModule):
-    """Intel Image Classification; train = seg_train, val and test = seg_test (``split_dirs``)."""
+    """Intel Image Classification; test = seg_test, val carved out of seg_train (``split_dirs``)."""
 
     name = "intel"
     class_names = CLASS_NAMES
@@ -65,14 +72,18 @@ class IntelDataModule(SegmentationDataModule):
         self,
         *,
         split_dirs: dict[str, str] | None = None,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
         prior_splits: tuple[str, ...] = ("train", "val", "test"),
         **kwargs: Any,
     ) -> None:
         super().__init__(prior_splits=prior_splits, **kwargs)
-        self.split_dirs = dict(split_dirs or SPLIT_DIRS)
+        self.sources = split_sources(split_dirs or SPLIT_DIRS, f"data {self.name!r}")
+        self.val_fraction, self.split_seed = val_fraction, split_seed
 
     def build_dataset(self, split: str, transform: Transform | None, prior_dir: Path | None) -> IntelDataset:
-        folder = self.require_root(LAYOUT) / self.split_dirs[split]
+        source, carved = self.sources[split]
+        folder = self.require_root(LAYOUT) / source
         if not folder.is_dir():
             raise FileNotFoundError(f"Intel split folder missing: {folder}; expected {LAYOUT}")
         unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in CLASS_NAMES)
@@ -81,4 +92,10 @@ class IntelDataModule(SegmentationDataModule):
         ids = sorted(f"{p.parent.name}/{p.stem}" for c in CLASS_NAMES for p in (folder / c).glob("*.jpg"))
         if not ids:
             raise FileNotFoundError(f"no images under {folder}; expected {LAYOUT}")
+        if carved:
+            ids = holdout_split(ids, split, self.val_fraction, self.split_seed)
         return IntelDataset(ids, folder, transform, prior_dir)
+
+    def split_ids(self, split: str) -> list[str]:
+        """Ids prefixed with their split folder (seg_train and seg_test reuse file names)."""
+        return [f"{self.sources[split][0]}/{i}" for i in self.build_dataset(split, None, None).ids]

@@ -2,7 +2,8 @@
 
 Layout ``<root>/images/<id>.jpg`` + ``<root>/labels/<id>.regions.txt`` (whitespace-separated ints,
 one row per image row; -1 = unknown -> 255). There is no official split: a seeded permutation puts
-``val_fraction`` of the images in val (test = val). Image-level labels are the classes present.
+``test_fraction`` of the images in test and ``val_fraction`` in val, the rest in train
+(``usgs.data.base.holdout_split``). Image-level labels are the classes present.
 """
 
 from __future__ import annotations
@@ -66,22 +67,24 @@ class StanfordDataset(SegmentationDataset):
 
 
 class StanfordDataModule(SegmentationDataModule):
-    """Stanford Background with a seeded train/val split (``val_fraction``, ``split_seed``); test = val."""
+    """Stanford Background with a seeded three-way split (``val_fraction``, ``test_fraction``, ``split_seed``)."""
 
     name = "stanford"
     class_names = CLASS_NAMES
     palette = PALETTE
 
-    def __init__(self, *, val_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, val_fraction: float = 0.2, test_fraction: float = 0.2, split_seed: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        self.val_fraction, self.split_seed = val_fraction, split_seed
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
 
     def split_ids(self, split: str) -> list[str]:
         root = self.require_root(LAYOUT)
         ids = sorted(p.stem for p in (root / "images").glob("*.jpg"))
         if not ids:
             raise FileNotFoundError(f"no images in {root / 'images'}; expected {LAYOUT}")
-        return holdout_split(ids, split, self.val_fraction, self.split_seed)
+        return holdout_split(ids, split, self.val_fraction, self.split_seed, self.test_fraction)
 
     def build_dataset(
         self, split: str, transform: Transform | None, prior_dir: Path | None

@@ -6,9 +6,11 @@ colour-coded (full ``gts_for_participants/top_mosaic_09cm_area<N>.tif`` or erode
 (red) is ignored by default as in the seed work, leaving 5 classes.
 
 Split of the 33 labelled tiles as in the seed work (seed 341): N1 = 3 pixel-labelled tiles, N2 = 23
-tiles with crop-level class-presence labels only, 7 validation tiles, drawn with
-``random.Random(341).sample`` over the sorted area numbers (the seed's own listing order is not
-recorded, so the concrete tiles are a reconstruction). Explicit tile lists override it.
+tiles with crop-level class-presence labels only, 7 tiles the seed tests on (its ``test_ids``), drawn
+with ``random.Random(341).sample`` over the sorted area numbers (the seed's own listing order is not
+recorded, so the concrete tiles are a reconstruction). Those 7 are our test tiles; the seed has no
+val split, so ``n_val`` (3) val tiles are drawn out of the N2 pool by the same generator, leaving
+20 N2 tiles. Explicit tile lists override it.
 
 Training serves random ``crop_size`` crops (``crops_per_tile`` per tile and epoch, positions from
 torch's RNG, so reproducible under a seeded loader); N2 crops have an all-ignore mask and
@@ -45,16 +47,20 @@ LAYOUT = "<root>/top/top_mosaic_09cm_area<N>.tif and <root>/gts_eroded/top_mosai
 
 
 def seed_split(
-    seed: int = 341, n1: int = 3, n2: int = 23, areas: tuple[int, ...] = AREAS
+    seed: int = 341, n1: int = 3, n2: int = 23, n_val: int = 3, areas: tuple[int, ...] = AREAS
 ) -> dict[str, list[int]]:
-    """The N1 / N2 / validation tile split of the seed work (see module docstring)."""
-    if n1 + n2 >= len(areas):
-        raise ValueError(f"n1 + n2 = {n1 + n2} leaves no validation tile out of {len(areas)}")
+    """N1 / N2 / val / test tiles: the seed work's split, then ``n_val`` val tiles out of its N2."""
+    if n1 + n2 >= len(areas) or not 0 < n_val < n2:
+        raise ValueError(
+            f"n1 + n2 = {n1 + n2} must leave a test tile out of {len(areas)} and 0 < n_val={n_val} < n2={n2}"
+        )
     rng = random.Random(seed)
     n1_tiles = rng.sample(sorted(areas), n1)
     rest = [a for a in sorted(areas) if a not in n1_tiles]
     n2_tiles = rng.sample(rest, n2)
-    return {"n1": n1_tiles, "n2": n2_tiles, "val": [a for a in rest if a not in n2_tiles]}
+    test = [a for a in rest if a not in n2_tiles]  # the seed's test_ids
+    val = rng.sample(n2_tiles, n_val)  # drawn after the seed's draws: N1, N2 and test stay the seed's
+    return {"n1": n1_tiles, "n2": [a for a in n2_tiles if a not in val], "val": sorted(val), "test": test}
 
 
 class VaihingenDataset(SegmentationDataset):
@@ -99,7 +105,7 @@ class VaihingenDataset(SegmentationDataset):
                 if not path.is_file():
                     raise FileNotFoundError(
                         f"Vaihingen tile area{area} missing: {path}; expected {LAYOUT}. "
-                        f"Use data.train_tiles / weak_tiles / val_tiles to list the tiles you have"
+                        f"Use data.train_tiles / weak_tiles / val_tiles / test_tiles to list the tiles you have"
                     )
             image, colour = tifffile.imread(image_path), tifffile.imread(gt_path)
             if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -132,12 +138,13 @@ class VaihingenDataset(SegmentationDataset):
 
 
 class VaihingenDataModule(SegmentationDataModule):
-    """ISPRS Vaihingen with the seed's N1 / N2 / validation split.
+    """ISPRS Vaihingen with the seed's N1 / N2 / test split and val tiles out of N2 (see module docstring).
 
     Args (besides the base ones): ``gt`` ("eroded" | "full", scored on val/test), ``train_gt`` (the
-    training split's ground truth, ``None`` = ``gt``; the seed trained on the full one), ``ignore_clutter``, ``train_set``
-    ("n1" | "n2" | "n1+n2"), ``split_seed`` / ``n1`` / ``n2``, explicit ``train_tiles`` (N1),
-    ``weak_tiles`` (N2), ``val_tiles`` (area numbers; override the seeded split), ``crop_size`` and
+    training split's ground truth, ``None`` = ``gt``; the seed trained on the full one),
+    ``ignore_clutter``, ``train_set`` ("n1" | "n2" | "n1+n2"), ``split_seed`` / ``n1`` / ``n2`` /
+    ``n_val``, explicit ``train_tiles`` (N1), ``weak_tiles`` (N2), ``val_tiles``, ``test_tiles`` (area
+    numbers; override the seeded split), ``crop_size`` and
     ``crops_per_tile`` for training, ``tile_size`` for the evaluation grid.
     """
 
@@ -153,9 +160,11 @@ class VaihingenDataModule(SegmentationDataModule):
         split_seed: int = 341,
         n1: int = 3,
         n2: int = 23,
+        n_val: int = 3,
         train_tiles: list[int] | None = None,
         weak_tiles: list[int] | None = None,
         val_tiles: list[int] | None = None,
+        test_tiles: list[int] | None = None,
         crop_size: int = 256,
         crops_per_tile: int = 100,
         tile_size: int = 512,
@@ -169,12 +178,9 @@ class VaihingenDataModule(SegmentationDataModule):
         self.class_names = ALL_CLASS_NAMES[:5] if ignore_clutter else ALL_CLASS_NAMES
         self.palette = COLOURS[: len(self.class_names)]  # the ISPRS GT colours
         super().__init__(**kwargs)
-        split = seed_split(split_seed, n1, n2)
-        self.tiles = {
-            "n1": list(train_tiles if train_tiles is not None else split["n1"]),
-            "n2": list(weak_tiles if weak_tiles is not None else split["n2"]),
-            "val": list(val_tiles if val_tiles is not None else split["val"]),
-        }
+        split = seed_split(split_seed, n1, n2, n_val)
+        given = {"n1": train_tiles, "n2": weak_tiles, "val": val_tiles, "test": test_tiles}
+        self.tiles = {key: list(tiles if tiles is not None else split[key]) for key, tiles in given.items()}
         self.gt, self.train_gt, self.ignore_clutter, self.train_set = gt, train_gt or gt, ignore_clutter, train_set
         self.crop_size, self.crops_per_tile, self.tile_size = crop_size, crops_per_tile, tile_size
 
@@ -183,13 +189,18 @@ class VaihingenDataModule(SegmentationDataModule):
         """Evaluation window and stride (pixels) in which val/test tiles are served."""
         return {"window": self.tile_size, "stride": self.tile_size}
 
+    def split_ids(self, split: str) -> list[str]:
+        """The tiles (``area<N>``) of ``split``; train: every N1 and N2 tile, whatever ``train_set``."""
+        areas = self.tiles["n1"] + self.tiles["n2"] if split == "train" else self.tiles[split]
+        return [f"area{a}" for a in areas]
+
     def _grid(self, areas: list[int], image_dir: Path) -> list[tuple[int, int | None, int | None]]:
         windows: list[tuple[int, int | None, int | None]] = []
         for area in areas:
             path = image_dir / f"top_mosaic_09cm_area{area}.tif"
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"Vaihingen tile missing: {path}; expected {LAYOUT}; set data.val_tiles"
+                    f"Vaihingen tile missing: {path}; expected {LAYOUT}; set data.val_tiles / data.test_tiles"
                 )
             height, width = tifffile.TiffFile(path).pages[0].shape[:2]
             step = self.tile_size
@@ -209,8 +220,8 @@ class VaihingenDataModule(SegmentationDataModule):
             ]
             size = self.crop_size
         else:
-            tiles = [(a, True) for a in self.tiles["val"]]
-            windows, size = self._grid(self.tiles["val"], root / "top"), self.tile_size
+            tiles = [(a, True) for a in self.tiles[split]]
+            windows, size = self._grid(self.tiles[split], root / "top"), self.tile_size
         if not tiles:
             raise ValueError(
                 f"Vaihingen {split}: no tiles selected (train_set={self.train_set!r}, tiles={self.tiles})"

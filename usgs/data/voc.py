@@ -1,8 +1,10 @@
 """PASCAL VOC 2012 segmentation (Everingham et al., 2010) on its original ``VOCdevkit/VOC2012`` layout.
 
 Training uses the 10,582-image ``train_aug`` list with the SBD-augmented labels
-(``SegmentationClassAug``, Hariharan et al., 2011), evaluation the 1,449 ``val`` images with the
-official ``SegmentationClass`` labels; both are palette PNGs whose palette index is the class id and
+(``SegmentationClassAug``, Hariharan et al., 2011). The official test labels are not public, so the
+1,449 official ``val`` images are the test split (as reported in the literature) and val is carved
+out of the official ``train`` list (``val_from``; ``val_fraction`` = 0.1: 146 of 1,464 images, seeded,
+removed from train_aug), both with the official ``SegmentationClass`` labels; both are palette PNGs whose palette index is the class id and
 255 the void border. An optional saliency folder (one PNG per image, as released with MaskContrast,
 Van Gansbeke et al., 2021) adds ``saliency`` to the batch.
 """
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
 from usgs.data.io import (
     check_same_size,
     missing_files,
@@ -87,10 +89,11 @@ class VOCDataset(SegmentationDataset):
 
 
 class VOCDataModule(SegmentationDataModule):
-    """PASCAL VOC 2012: ``train_list`` (default train_aug) for training, ``val_list`` for val and test.
+    """PASCAL VOC 2012: ``train_list`` (train_aug) minus val for training, val carved, test = official val.
 
     Args (besides the base ones): ``list_dir`` (relative to root), ``train_list`` / ``val_list`` /
-    ``test_list`` (list names without .txt), ``train_label_dir`` / ``eval_label_dir``,
+    ``test_list`` (list names without .txt; ``val_list=None``: val is the seeded ``val_fraction`` of
+    the ``val_from`` list, ``split_seed``, and those ids leave train), ``train_label_dir`` / ``eval_label_dir``,
     ``saliency_dir`` (None = no saliency), ``missing``: "error" (default) or "skip" ids whose files
     are absent (e.g. the official lists on a subset).
     """
@@ -104,8 +107,11 @@ class VOCDataModule(SegmentationDataModule):
         *,
         list_dir: str = "ImageSets/Segmentation",
         train_list: str = "train_aug",
-        val_list: str = "val",
+        val_list: str | None = None,
         test_list: str = "val",
+        val_from: str = "train",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
         image_dir: str = "JPEGImages",
         train_label_dir: str = "SegmentationClassAug",
         eval_label_dir: str = "SegmentationClass",
@@ -124,17 +130,33 @@ class VOCDataModule(SegmentationDataModule):
         )
         self.lists = {"train": train_list, "val": val_list, "test": test_list}
         self.label_dirs = {"train": train_label_dir, "val": eval_label_dir, "test": eval_label_dir}
+        self.val_from, self.val_fraction, self.split_seed = val_from, val_fraction, split_seed
 
-    def split_ids(self, split: str) -> list[str]:
-        """Ids of the split's list whose image and label files exist (or an error listing the missing)."""
-        root = self.require_root(LAYOUT)
-        list_path = root / self.list_dir / f"{self.lists[split]}.txt"
+    def _read(self, name: str) -> list[str]:
+        list_path = self.require_root(LAYOUT) / self.list_dir / f"{name}.txt"
         if not list_path.is_file():
             raise FileNotFoundError(
                 f"VOC list file missing: {list_path}; expected {LAYOUT}. Run usgs.data.voc.prepare(root) "
                 f"or put the SBD train_aug.txt there (see its docstring)"
             )
-        ids = read_list(list_path, "VOC")
+        return read_list(list_path, "VOC")
+
+    def _listed(self, split: str) -> tuple[list[str], str]:
+        """Ids of ``split`` before the file check, and where they come from (for messages)."""
+        if split == "test" or self.lists["val"] is not None:
+            return self._read(str(self.lists[split])), f"{self.lists[split]}.txt"
+        carved = holdout_split(self._read(self.val_from), "val", self.val_fraction, self.split_seed)
+        if split == "val":
+            return carved, f"{self.val_from}.txt (seeded val_fraction={self.val_fraction})"
+        taken = set(carved)
+        return [
+            i for i in self._read(str(self.lists["train"])) if i not in taken
+        ], f"{self.lists['train']}.txt"
+
+    def split_ids(self, split: str) -> list[str]:
+        """Ids of the split's list whose image and label files exist (or an error listing the missing)."""
+        root = self.require_root(LAYOUT)
+        ids, list_path = self._listed(split)
         label_dir = root / self.label_dirs[split]
         files = {i: root / self.image_dir / f"{i}.jpg" for i in ids} | {
             f"{i} (label)": label_dir / f"{i}.png" for i in ids
@@ -145,7 +167,7 @@ class VOCDataModule(SegmentationDataModule):
             if self.missing == "error":
                 raise FileNotFoundError(
                     f"{len(absent)} of {2 * len(ids)} files listed by {list_path} are missing (first: {first}); "
-                    f"expected {LAYOUT}; data.missing=skip keeps the {self.lists[split]} ids that are present"
+                    f"expected {LAYOUT}; data.missing=skip keeps the listed ids that are present"
                 )
             dropped = {key.split(" ")[0] for key in absent}
             ids = [i for i in ids if i not in dropped]

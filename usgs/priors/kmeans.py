@@ -106,12 +106,22 @@ class SeedKMeansPrior(MaskPrior):
 
 
 def pixel_features(image: np.ndarray, colour_space: str = "lab", xy_weight: float = 0.0) -> torch.Tensor:
-    """Per-pixel features float32 [H*W, D] of a uint8 RGB image: colour in [0,1] (+ weighted x, y in [0,1])."""
+    """Per-pixel features float32 [H*W, D] of a uint8 RGB image: colour in [0,1] (+ weighted x, y in [0,1]).
+
+    ``hsv`` is the HSV cone (value, then saturation-scaled cosine and sine of the hue), so that
+    hue wraps around instead of splitting red at both ends of a line.
+    """
     if colour_space not in _COLOUR_SPACES:
         raise ValueError(f"unknown colour space {colour_space!r}; valid: {sorted(_COLOUR_SPACES)}")
     code = _COLOUR_SPACES[colour_space]
     colour = image if code is None else cv2.cvtColor(image, code)
     feats = torch.from_numpy(colour.reshape(-1, 3)).float().div_(255.0)
+    if colour_space == "hsv":
+        # hue is an angle: on the HSV cone (value, saturation x cos / sin of hue, mapped to [0,1])
+        # red at hue 0 and at hue 1 is one colour, where a plain (h, s, v) line splits it in two
+        angle = 2 * torch.pi * feats[:, 0]
+        sat = feats[:, 1]
+        feats = torch.stack([feats[:, 2], 0.5 + 0.5 * sat * angle.cos(), 0.5 + 0.5 * sat * angle.sin()], 1)
     if xy_weight > 0:
         h, w = image.shape[:2]
         ys, xs = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
@@ -124,8 +134,9 @@ class TorchKMeansPrior(MaskPrior):
 
     ``k``: number of prior clusters G; ``local_k``: clusters per image.
     Per-image clustering runs for ``batch_size`` images at once on ``samples_per_image`` random
-    pixels each (colour in ``colour_space``, optional xy position with ``xy_weight``); all pixels
-    are then assigned to their nearest local centre. ``stages=2``: global k-means of all local
+    pixels each (``None``: every pixel, one image per problem, as the seed); features are colour in
+    ``colour_space`` and optional xy position with ``xy_weight``; all pixels are then assigned to
+    their nearest local centre. ``stages=2``: global k-means of all local
     centres (best of ``restarts`` runs, solved as one batch), as in the seed. ``stages=1``: global
     k-means directly on the sampled pixels of all images. ``model``: a trained module whose dense,
     L2-normalised features (``usgs.methods.dense_outputs``) are appended to colour and
@@ -140,9 +151,9 @@ class TorchKMeansPrior(MaskPrior):
         k: int = 40,
         local_k: int = 5,
         stages: Literal[1, 2] = 2,
-        colour_space: Literal["rgb", "lab", "hsv"] = "lab",
+        colour_space: Literal["rgb", "lab", "hsv"] = "hsv",
         xy_weight: float = 0.5,
-        samples_per_image: int = 1024,
+        samples_per_image: int | None = 256,
         iters: int = 10,
         global_iters: int = 100,
         restarts: int = 4,
@@ -188,13 +199,18 @@ class TorchKMeansPrior(MaskPrior):
         # list, so a resumed run recomputes a batch exactly.
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(indices[0]))
         feats = [self._features(im) for im in images]
-        picks = [torch.randint(len(f), (self.samples,), generator=gen).to(self.device) for f in feats]
-        sampled = torch.stack([f[p] for f, p in zip(feats, picks, strict=True)])  # [B,P,D]
+        if self.samples is None:  # every pixel, as the seed: one problem per image (sizes differ)
+            batches = [f[None] for f in feats]
+        else:
+            picks = [torch.randint(len(f), (self.samples,), generator=gen).to(self.device) for f in feats]
+            batches = [torch.stack([f[p] for f, p in zip(feats, picks, strict=True)])]  # [B,P,D]
         if self.stages == 1:
-            return [{"centers": s.cpu().numpy()} for s in sampled]
-        res = kmeans(sampled, self.local_k, iters=self.iters, generator=gen)
+            return [{"centers": s.cpu().numpy()} for batch in batches for s in batch]
+        centers = torch.cat(
+            [kmeans(b, self.local_k, iters=self.iters, generator=gen).centers for b in batches]
+        )
         states = []
-        for image, f, c in zip(images, feats, res.centers, strict=True):
+        for image, f, c in zip(images, feats, centers, strict=True):
             labels = assign(f, c).view(image.shape[:2]).to(torch.uint8).cpu().numpy()
             states.append({"labels": labels, "centers": c.cpu().numpy()})
         return states

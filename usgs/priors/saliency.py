@@ -143,8 +143,10 @@ class UnsupervisedSaliencyPrior(MaskPrior):
         size: images are resized to size x size for superpixels (saliency is an object-level cue).
         grid: grid x grid superpixels.
         compactness: weight of position vs Lab colour (/100) in the superpixel k-means.
-        Defaults (64 px, 8x8, compactness 3, threshold 0.65) were picked on the first 100 Weizmann
-        images (IoU 55.0 vs 47.0 for 64/8/1/0.5): the classical map is less peaked than a net's softmax.
+        threshold 0.65 is the best foreground IoU on the Weizmann VAL split of a 0.30-0.80 grid
+        (``bench/sweep_priors.py saliency``; the classical map is less peaked than a net's softmax).
+        64 px, 8x8 and compactness 3 were picked earlier on 100 Weizmann images (20 of them now in
+        test) and were not re-swept on val.
         crf: refine each map with the dense CRF (MaskContrast's parameters) before thresholding.
         self_train_steps: > 0 trains a small saliency net for that many steps on the maps (DeepUSPS)
             and uses its predictions.
