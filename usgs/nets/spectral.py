@@ -113,6 +113,22 @@ def spectral_embedding(affinity: Tensor, k: int) -> Tensor:
     return torch.where(norms > tol, u / norms.clamp_min(tol), torch.zeros_like(u))
 
 
+def merge_near_duplicates(points: Tensor, tol: float) -> Tensor:
+    """Index of the first point within ``tol`` of each point: [B,N,D] -> int64 [B,N].
+
+    Channels whose graph nodes are interchangeable (identical maps, or all isolated) have the same
+    NJW row in exact arithmetic, but the eigen-solver returns any rotation of a degenerate
+    eigenspace, so the computed rows differ by round-off that depends on the LAPACK/BLAS build.
+    k-means with more clusters than distinct rows would then split such a group along that noise
+    (issue 12). Mapping every point to its first near-duplicate makes duplicates one point whatever
+    the solver returned. Distances are taken pairwise without the matmul expansion, whose own
+    round-off (~sqrt(eps) for unit rows) would be as large as the tolerance.
+    """
+    distances = torch.cdist(points, points, compute_mode="donot_use_mm_for_euclid_dist")
+    # argmax returns the first maximal index: the lowest-numbered point within tol (itself at worst).
+    return (distances <= tol).to(torch.uint8).argmax(dim=-1)
+
+
 def canonical_labels(labels: Tensor, num_clusters: int) -> Tensor:
     """Renumber clusters by the first channel they contain: [B,N] -> [B,N].
 
@@ -182,9 +198,14 @@ class SpectralClustering(nn.Module):
         embedding = spectral_embedding(self.affinity(channel_distances(feats)), self.num_eigenvectors)
         # A CPU generator: the k-means draws on it and moves the numbers, so CPU and GPU runs of the
         # same input get the same seeding.
+        # Near-duplicate rows (round-off of a degenerate eigenspace) become exact copies of their
+        # first occurrence and always share its cluster, so a group of interchangeable channels is
+        # never split and clusters beyond the number of distinct rows stay empty on every machine.
+        rep = merge_near_duplicates(embedding, tol=torch.finfo(embedding.dtype).eps ** 0.5)
+        embedding = embedding.gather(1, rep.unsqueeze(2).expand_as(embedding))
         generator = torch.Generator().manual_seed(self.seed)
         result = kmeans(embedding, self.num_clusters, iters=self.kmeans_iters, generator=generator)
-        return canonical_labels(result.labels, self.num_clusters)
+        return canonical_labels(result.labels.gather(1, rep), self.num_clusters)
 
     def forward(self, x: Tensor) -> Tensor:
         """[B,C,H,W] -> [B,num_clusters,H,W]; gradients flow through the means to ``x``."""
