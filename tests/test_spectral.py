@@ -147,6 +147,7 @@ def test_merge_near_duplicates_hand_built() -> None:
 def _rotated_eigh(seed: int):
     """An eigen-solver that returns another valid basis: the 3-fold null space of L rotated by a
     random orthogonal matrix, plus 1e-6 noise (what another LAPACK build may return)."""
+
     def eigh_vectors(matrix: torch.Tensor) -> torch.Tensor:
         vectors = torch.linalg.eigh(matrix.double()).eigenvectors
         g = torch.Generator().manual_seed(seed)
