@@ -38,6 +38,16 @@ def test_channel_distances_hand_computed() -> None:
     torch.testing.assert_close(d, expected, atol=1e-3, rtol=0)
 
 
+def test_channel_distances_euclidean_hand_computed() -> None:
+    # The thesis's distance: plain Euclidean over the 4 pixels (no division by sqrt(4)).
+    x = torch.zeros(1, 3, 2, 2)
+    x[0, 0] = 1.0
+    x[0, 2, 0, 0] = 3.0
+    d = channel_distances(x, rms=False)[0]
+    expected = torch.tensor([[0.0, 2.0, math.sqrt(7)], [2.0, 0.0, 3.0], [math.sqrt(7), 3.0, 0.0]])
+    torch.testing.assert_close(d, expected, atol=1e-3, rtol=0)
+
+
 def test_affinities_hand_computed() -> None:
     d = torch.tensor([[[0.0, 0.5], [0.5, 2.0]]])
     assert ThresholdAffinity(1.0)(d).tolist() == [[[1.0, 1.0], [1.0, 0.0]]]
@@ -77,6 +87,27 @@ def test_spectral_embedding_survives_degenerate_epsilon_graph() -> None:
     assert torch.all(((norms - 1).abs() < 1e-4) | (norms < 1e-4))
 
 
+def test_eigh_retries_until_lapack_converges(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A solver that fails on the first two calls (as MKL's did here on the thesis's nearly-identity
+    # graph, in float32 and float64): the third, jittered retry must still give eigenvectors.
+    real, calls = torch.linalg.eigh, []
+
+    def flaky(matrix: torch.Tensor):
+        calls.append(matrix.dtype)
+        if len(calls) < 3:
+            raise torch.linalg.LinAlgError("failed to converge")
+        return real(matrix)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    blocks = torch.tensor([0, 0, 1, 2, 2, 2])
+    laplacian = torch.eye(6) - (blocks[:, None] == blocks[None, :]).float() / torch.bincount(blocks)[blocks]
+    v = spectral._eigh_vectors(laplacian.unsqueeze(0))[0]
+    assert calls == [torch.float32, torch.float64, torch.float64] and v.dtype == torch.float32
+    torch.testing.assert_close(v.T @ v, torch.eye(6), atol=1e-5, rtol=0)  # orthonormal
+    # The 3 null vectors (one per block: L = I - block averaging) come first.
+    torch.testing.assert_close(laplacian @ v[:, :3], torch.zeros(6, 3), atol=1e-5, rtol=0)
+
+
 def test_spectral_embedding_rejects_bad_k() -> None:
     with pytest.raises(ValueError, match="k must be"):
         spectral_embedding(torch.eye(3).unsqueeze(0), k=4)
@@ -100,6 +131,31 @@ def test_cluster_means_hand_computed_with_empty_cluster_and_gradient() -> None:
     out.sum().backward()
     assert x.grad is not None
     assert torch.all(x.grad == 0.5)  # each channel is one of 2 in its cluster
+
+
+def test_cluster_means_first_nonempty_fill_hand_computed() -> None:
+    # The thesis fills an empty cluster with the first non-empty cluster's mean.
+    x = torch.arange(4.0).view(1, 4, 1, 1).expand(1, 4, 2, 2).clone().requires_grad_(True)
+    labels = torch.tensor([[1, 2, 1, 2]])  # cluster 0 is empty
+    out = cluster_means(x, labels, num_clusters=3, empty="first_nonempty")
+    assert out[0, :, 0, 0].tolist() == [1.0, 1.0, 2.0]  # copy of cluster 1 = (0+2)/2, then (1+3)/2
+    out.sum().backward()
+    assert x.grad is not None
+    # channels 0 and 2 feed two maps with weight 1/2 each, channels 1 and 3 one map
+    assert x.grad[0, :, 0, 0].tolist() == [1.0, 0.5, 1.0, 0.5]
+    with pytest.raises(ValueError, match="first_nonempty"):
+        cluster_means(x, labels, 3, empty="mean")
+
+
+def test_first_item_assignment_is_used_for_the_whole_batch() -> None:
+    g0 = torch.tensor([0, 1, 2, 0, 1, 2])
+    g1 = torch.tensor([0, 0, 1, 1, 2, 2])
+    x = torch.cat([grouped_features(g0, noise=0.05), grouped_features(g1, noise=0.05, seed=1)])
+    layer = SpectralClustering(num_clusters=3, affinity=GaussianAffinity(1.0), cluster_items="first")
+    assert layer.assign(x).tolist() == [[0, 1, 2, 0, 1, 2]] * 2
+    out = layer(x)
+    # item 1's maps are averaged with item 0's grouping: map 0 = mean of item 1's channels 0 and 3
+    torch.testing.assert_close(out[1, 0], (x[1, 0] + x[1, 3]) / 2)
 
 
 def test_layer_shapes_and_gradient_reaches_input() -> None:
