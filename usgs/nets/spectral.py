@@ -36,14 +36,16 @@ def channel_distances(x: Tensor, rms: bool = True) -> Tensor:
 
 
 class ThresholdAffinity(nn.Module):
-    """Thesis affinity: an epsilon-neighbourhood graph, A_ij = 1 if d_ij < scale else 0.
+    """Epsilon-neighbourhood graph, A_ij = 1 if d_ij < scale else 0 (the thesis's kind of graph).
 
     ``scale`` is the distance threshold epsilon (named like :class:`GaussianAffinity`'s sigma so
     that one config key switches the kernel). With the layer4 features batch-normalised (unit
     variance per channel), two channels at RMS distance d have correlation about 1 - d^2/2, so the
-    default sqrt(2) links exactly the positively correlated channels (at random init the median
-    distance is ~sqrt(2), and a threshold of 1.0 linked under 1% of the channel pairs). d_ii = 0 gives
-    every channel a self-loop, so no degree is zero.
+    default sqrt(2) (the suite's choice) links exactly the positively correlated channels (at random
+    init the median distance is ~sqrt(2), and a threshold of 1.0 linked under 1% of the channel
+    pairs). The thesis thresholded ``exp(d) < 2`` on the plain Euclidean distance: scale ln 2 with
+    ``SpectralClustering(rms_distance=False)``. d_ii = 0 gives every channel a self-loop, so no
+    degree is zero.
     """
 
     def __init__(self, scale: float = math.sqrt(2)) -> None:
@@ -227,7 +229,7 @@ class SpectralClustering(nn.Module):
         self.empty = empty
         self.num_clusters = num_clusters
         self.num_eigenvectors = num_eigenvectors or num_clusters
-        # The thesis's thresholded distance is the default graph.
+        # An epsilon-graph like the thesis's, on the RMS distance at sqrt(2) (the suite's variant).
         self.affinity = affinity if affinity is not None else ThresholdAffinity()
         self.kmeans_iters = kmeans_iters
         self.seed = seed
