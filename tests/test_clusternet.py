@@ -103,6 +103,36 @@ def test_param_groups_backbone_at_a_tenth() -> None:
     assert {id(p) for p in module.net.cluster.parameters()} <= rest  # new modules at 10x
 
 
+def test_thesis_head_and_optimiser_leave_out_the_cluster_batchnorms() -> None:
+    net = PSPNet(3, backbone="resnet18", head_channels=0, spectral=SpectralClustering(4))
+    # PPM on 4 maps: 4 + 4 bins x 1 channel; the thesis's classifier is one 1x1 conv on it.
+    assert len(net.head) == 1 and isinstance(net.head[0], nn.Conv2d)
+    assert (net.head[0].in_channels, net.head[0].kernel_size) == (8, (1, 1))
+    module = ClusterNet(net, 3, train_cluster_bn=False)
+    grouped = [id(p) for g in module.param_groups() for p in g["params"]]
+    assert net.cluster is not None
+    cluster = {id(p) for p in net.cluster.parameters()}
+    assert len(cluster) == 4  # two BatchNorms x (weight, bias)
+    assert not cluster & set(grouped) and len(grouped) == len(set(grouped))
+    assert set(grouped) | cluster == {id(p) for p in module.parameters()}
+
+
+def test_thesis_model_config_runs_with_its_values(make_cfg: Callable[..., DictConfig]) -> None:
+    cfg = make_cfg(["experiment=clusternet", "model=clusternet_thesis"])
+    spectral = cfg.model.net.spectral
+    assert spectral.affinity.scale == pytest.approx(math.log(2))  # exp(d) < 2
+    assert (spectral.num_eigenvectors, spectral.rms_distance) == (2, False)
+    assert (spectral.cluster_items, spectral.empty) == ("first", "first_nonempty")
+    assert (cfg.model.net.head_channels, cfg.model.train_cluster_bn, cfg.model.poly_power) == (0, False, 0.0)
+    # constant 1e-2 for the new layers and 1e-3 for the backbone
+    assert cfg.model.optimizer.lr * cfg.model.backbone_lr_scale == pytest.approx(1e-3)
+    assert cfg.model.optimizer.lr == pytest.approx(1e-2)
+    metrics = _run(
+        make_cfg, ["experiment=clusternet", "model=clusternet_thesis", "data=shapes", *SMALL, *FAST_RUN]
+    )
+    assert 0.0 <= metrics["test/miou"] <= 1.0
+
+
 def _run(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> dict[str, float]:
     cfg = make_cfg(overrides)
     train(cfg)

@@ -206,3 +206,59 @@ def test_missing_prior_is_computed_unless_prior_auto_false(make_cfg: Callable, t
     assert folder == find_prior_dir(tmp_path / "priors", "shapes", "train", "kmeans")
     assert json.loads((folder / "report.json").read_text())["k"] == 5
     assert ensure_priors(make_cfg([*overrides, "prior_auto=false"])) == [folder]  # found, not recomputed
+
+
+def test_val_prior_reuses_the_train_fit(make_cfg: Callable) -> None:
+    # One global stage on plain RGB / 255 without morphology: a val pixel's prior is then the
+    # nearest TRAIN global centre of its colour (the seed's kNNRelabeling.py: fit on train,
+    # predict on test), which the test computes with numpy.
+    overrides = [
+        "prior=kmeans",
+        "data.num_train=6",
+        "data.num_val=3",
+        "data.image_size=16",
+        "prior.k=5",
+        "prior.stages=1",
+        "prior.colour_space=rgb",
+        "prior.xy_weight=0",
+        "prior.samples_per_image=64",
+        "prior.morphology=null",
+        "progress=false",
+    ]
+    report = make_priors(make_cfg([*overrides, "split=val"], config_name="make_priors"))
+    cfg = make_cfg(overrides, config_name="make_priors")
+    train_dir = find_prior_dir(cfg.paths.priors_dir, "shapes", "train", "kmeans")  # made first
+    val_dir = find_prior_dir(cfg.paths.priors_dir, "shapes", "val", "kmeans")
+    assert val_dir.name == report["folder"]
+    with np.load(train_dir / ".fit.npz") as fit:
+        centres = fit["global_centers"].astype(np.float64)
+    from hydra.utils import instantiate
+
+    val = instantiate(cfg.data, prior=None).dataset("val", transform=None)
+    maps = _pngs(val_dir)
+    for i, name in enumerate(val.ids):
+        rgb = val.load(i)["image"].reshape(-1, 1, 3) / 255.0
+        d = ((rgb - centres[None]) ** 2).sum(-1)
+        nearest, gap = d.argmin(1), np.diff(np.sort(d, 1)[:, :2], axis=1)[:, 0]
+        clear = gap > 1e-5  # float32 assignment may break near-ties the other way
+        assert clear.mean() > 0.9
+        assert np.array_equal(maps[f"{name}.png"].ravel()[clear], nearest[clear])
+    # fit_split=null fits val on its own images: another cache folder, other centres.
+    own = make_priors(make_cfg([*overrides, "split=val", "prior.fit_split=null"], config_name="make_priors"))
+    own_dir = val_dir.parent / own["folder"]
+    assert own_dir != val_dir
+    with np.load(own_dir / ".fit.npz") as fit:
+        assert not np.allclose(fit["global_centers"], centres)
+
+
+def test_kmeans_seed_config_fits_with_ten_restarts(make_cfg: Callable) -> None:
+    from sklearn.cluster import KMeans
+
+    prior = _build_prior(make_cfg(["prior=kmeans_seed", "seed=3"], config_name="make_priors"))[2]
+    rng = np.random.default_rng(0)
+    states = [{"centers": rng.random((5, 3), dtype=np.float32) * 255} for _ in range(20)]
+    prior.fit(states)
+    points = np.concatenate([s["centers"] for s in states]).astype(np.float64)
+    # the seed's KMeans(n_clusters=40) under scikit-learn < 1.4: n_init=10
+    reference = KMeans(n_clusters=40, n_init=10, random_state=3).fit(points)
+    np.testing.assert_allclose(prior.global_centers, reference.cluster_centers_)

@@ -110,6 +110,24 @@ def test_missing_second_view_says_what_to_configure() -> None:
         model.training_step(batch, 0)
 
 
+def test_ema_epoch_teacher_keeps_its_own_initialisation_and_moves_by_the_seed_formula() -> None:
+    # make_twins seeds 0 and builds the student, then the teacher: rebuild both independently.
+    torch.manual_seed(0)
+    student0, teacher0 = TinyNet(), TinyNet()
+    model = make_twins("ema_epoch")
+    for t, t0, s0 in zip(model.teacher.parameters(), teacher0.parameters(), student0.parameters()):
+        assert torch.equal(t, t0) and not torch.equal(t, s0)
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    # The seed's update after epoch 0: m = 0.9 + 0.5 * 0.099 * (1 + cos 0) = 0.999.
+    model.log = lambda *_, **__: None  # type: ignore[method-assign]
+    model.on_train_epoch_end()
+    for t, t0, s0 in zip(model.teacher.parameters(), teacher0.parameters(), student0.parameters()):
+        torch.testing.assert_close(t, 0.999 * t0 + 0.001 * s0)
+    # One override gives the DINO start (a copy of the student).
+    copied = make_twins("ema_epoch", teacher_copies_student=True)
+    assert all(torch.equal(t, s) for t, s in zip(copied.teacher.parameters(), student0.parameters()))
+
+
 class _Batches(torch.utils.data.Dataset):
     def __init__(self, batch: dict[str, Any]) -> None:
         self.batch = batch

@@ -21,6 +21,10 @@ class ClusterNet(SegmentationModule):
     at ``backbone_lr_scale`` x lr (the new modules learn 10x faster, as in PSPNet's released
     training code), poly schedule from the base.
 
+    ``train_cluster_bn=False`` leaves the two BatchNorms around the spectral layer out of the
+    optimiser (their affine weights stay 1 and 0; running statistics still update), as the thesis's
+    ``clusternet_train.py`` listed only layer0-4, PPM, classifier and aux head.
+
     ``predict(image [B,3,H,W])`` returns the main logits [B,num_classes,H,W]; the metric takes their
     argmax (the thesis thresholded every class score at 0.5 instead).
     """
@@ -33,12 +37,14 @@ class ClusterNet(SegmentationModule):
         poly_power: float = 0.9,
         aux_weight: float = 0.4,
         backbone_lr_scale: float = 0.1,
+        train_cluster_bn: bool = True,
         **base: Any,
     ) -> None:
         super().__init__(num_classes, optimizer, poly_power, **base)
         self.net = net
         self.aux_weight = aux_weight
         self.backbone_lr_scale = backbone_lr_scale
+        self.train_cluster_bn = train_cluster_bn
 
     def forward(self, image: Tensor) -> Tensor:
         return self.net(image)["out"]
@@ -58,6 +64,9 @@ class ClusterNet(SegmentationModule):
         return loss
 
     def param_groups(self) -> list[dict[str, Any]]:
-        backbone_ids = {id(p) for p in self.net.backbone.parameters()}
-        rest = [p for p in self.parameters() if id(p) not in backbone_ids]
+        left_out = {id(p) for p in self.net.backbone.parameters()}
+        cluster = getattr(self.net, "cluster", None)
+        if not self.train_cluster_bn and cluster is not None:
+            left_out |= {id(p) for p in cluster.parameters()}
+        rest = [p for p in self.parameters() if id(p) not in left_out]
         return split_backbone_params(self.net.backbone, rest, self.backbone_lr_scale)

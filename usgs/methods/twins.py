@@ -55,7 +55,11 @@ class Twins(SegmentationModule):
         teacher_mode: ``none`` (single network on the prior, no teacher), ``mutual`` (both trained),
             ``ema`` (teacher = EMA of the student every step on DINO's cosine schedule
             ``momentum`` -> ``final_momentum``), ``ema_epoch`` (the seed's per-epoch EMA, see
-            `seed_epoch_momentum`). EMA teachers start as a copy of the student (DINO).
+            `seed_epoch_momentum`).
+        teacher_copies_student: whether an EMA teacher starts as a copy of the student. None = per
+            mode: ``ema`` copies (DINO), ``ema_epoch`` keeps ``teacher_net``'s own initialisation
+            (the seed's main_twins.py builds the teacher as a second, independent network and only
+            ever moves it by the per-epoch EMA).
         consistency_weight: w; the seed's default 1.
         backbone_lr_scale: the seed trains the backbones at lr / 10 with Adam.
         target_key: batch key of the mask to predict (``prior``; tests may use ``mask``).
@@ -78,6 +82,7 @@ class Twins(SegmentationModule):
         backbone_lr_scale: float = 0.1,
         target_key: str = "prior",
         poly_power: float = 0.0,
+        teacher_copies_student: bool | None = None,
         **base: Any,
     ) -> None:
         super().__init__(num_classes, optimizer, poly_power, **base)
@@ -99,7 +104,8 @@ class Twins(SegmentationModule):
             self.teacher = teacher_net if teacher_net is not None else copy.deepcopy(net)
         if teacher_mode in ("ema", "ema_epoch"):
             assert self.teacher is not None
-            self.teacher.load_state_dict(net.state_dict())
+            if teacher_mode == "ema" if teacher_copies_student is None else teacher_copies_student:
+                self.teacher.load_state_dict(net.state_dict())
             self.teacher.requires_grad_(False)
         self._momentum_schedule: Tensor | None = None
 

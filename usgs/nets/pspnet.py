@@ -62,7 +62,8 @@ class PSPNet(nn.Module):
     supervision"), both upsampled to the input size.
     With ``spectral`` set (ClusterNet), layer4 -> BN -> spectral clustering -> BN feeds the PPM:
     the first BN fixes the scale the channel distances are thresholded at, the second normalises
-    the ``spectral.num_clusters`` cluster-mean maps (thesis).
+    the ``spectral.num_clusters`` cluster-mean maps (thesis). ``head_channels=0`` drops PSPNet's
+    3x3 block, leaving the thesis's 1x1 classifier on the PPM output.
     """
 
     def __init__(
@@ -91,11 +92,15 @@ class PSPNet(nn.Module):
             channels = spectral.num_clusters
         self.ppm = PyramidPooling(channels, bins, ppm_channels)
         # PSPNet's final block: 3x3 conv to 512, BN, ReLU, dropout 0.1, 1x1 classifier.
-        self.head = nn.Sequential(
-            _conv_bn_relu(self.ppm.out_channels, head_channels, 3),
-            nn.Dropout2d(dropout),
-            nn.Conv2d(head_channels, num_classes, 1),
+        # head_channels=0: the 1x1 classifier on the PPM output alone (the thesis's ClusterNet).
+        if head_channels < 0:
+            raise ValueError(f"PSPNet: head_channels must be >= 0 (0 = no 3x3 block), got {head_channels}")
+        block = (
+            [_conv_bn_relu(self.ppm.out_channels, head_channels, 3), nn.Dropout2d(dropout)]
+            if head_channels
+            else []
         )
+        self.head = nn.Sequential(*block, nn.Conv2d(head_channels or self.ppm.out_channels, num_classes, 1))
         self.aux_head: nn.Module | None = None
         if aux:
             self.aux_head = nn.Sequential(

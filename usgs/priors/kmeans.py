@@ -37,7 +37,9 @@ class SeedKMeansPrior(MaskPrior):
 
     Per image ``cv2.kmeans`` on raw RGB pixels (``local_k`` = 5, 10 attempts, 10 iterations / eps
     1.0, ``KMEANS_RANDOM_CENTERS``), then scikit-learn ``KMeans`` over all per-image centres into
-    ``k`` = G global clusters (40 by default), and each local cluster takes its centre's global cluster.
+    ``k`` = G global clusters (40 by default; ``n_init`` = 10 restarts, scikit-learn's default when
+    the seed called ``KMeans(n_clusters=G)``, "auto" since 1.4), and each local cluster takes its
+    centre's global cluster.
     ``cv2.setRNGSeed(seed, image index)`` makes each image reproducible wherever it runs.
     """
 
@@ -51,7 +53,7 @@ class SeedKMeansPrior(MaskPrior):
         attempts: int = 10,
         max_iter: int = 10,
         eps: float = 1.0,
-        n_init: int | Literal["auto"] = "auto",
+        n_init: int | Literal["auto"] = 10,
         batch_size: int = 8,
         postprocess: PostProcess | None = None,
         seed: int = 0,

@@ -7,7 +7,11 @@ The only priors module that reads Hydra configs: it turns ``cfg.prior`` into pla
 - ``workers``: processes for CPU-bound per-image priors;
 - ``morphology``: optional ``_target_`` node (e.g. ``usgs.priors.morphology.Morphology``), passed as
   the prior's ``postprocess``;
-- ``checkpoint``: optional ``train.py`` checkpoint whose module is passed as the prior's ``model``.
+- ``checkpoint``: optional ``train.py`` checkpoint whose module is passed as the prior's ``model``;
+- ``fit_split``: for priors with a dataset-level fit (the k-means priors' global clusters), the split
+  the fit is learnt on; every other split reuses that fit (its ``.fit.npz``), so all splits share one
+  set of global cluster ids, as the seed's ``scripts/kNNRelabeling.py`` (fit on train, applied to
+  train and test). ``null`` fits every split on its own images.
 
 A ``-m`` sweep ends with one table of every job's ``report.json`` (:class:`usgs.run.sweep.MultirunTable`,
 registered in ``conf/make_priors.yaml``).
@@ -23,10 +27,10 @@ from typing import Any
 import cv2
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from usgs.data.prior_store import prior_dir_name
-from usgs.priors.cache import compute_prior, config_hash
+from usgs.priors.cache import atomic_write, compute_prior, config_hash
 from usgs.priors.report import prior_panel, score_prior_dir, write_report
 from usgs.run.outputs import git_sha
 from usgs.visualize import write_png
@@ -50,7 +54,16 @@ _LOADER_KEYS = {
     "root",
     "seed",
 }
-_NOT_ARGS = ("name", "workers", "morphology", "checkpoint", "features_checkpoint", "train_command")
+_NOT_ARGS = (
+    "name",
+    "workers",
+    "morphology",
+    "checkpoint",
+    "features_checkpoint",
+    "train_command",
+    "fit_split",
+)
+FIT_FILE = ".fit.npz"  # what compute_prior stores of the prior's fit (kept after the cache is finished)
 
 
 def prior_identity(cfg: DictConfig) -> dict[str, Any]:
@@ -95,8 +108,30 @@ def _build_prior(cfg: DictConfig) -> tuple[str, int, Any]:
     return str(name), workers, instantiate(node, **kwargs)
 
 
+def _fitted_elsewhere(cfg: DictConfig, needs_fit: bool) -> Path | None:
+    """The finished cache folder whose fit this split reuses (computed first if needed), or None."""
+    fit_split = cfg.prior.get("fit_split")
+    if not needs_fit or not fit_split or fit_split == cfg.split:
+        return None
+    fit_cfg = cfg.copy()
+    with open_dict(fit_cfg):
+        fit_cfg.split = fit_split
+    report = make_priors(fit_cfg)
+    fit_dir = Path(cfg.paths.priors_dir) / report["data"] / fit_split / report["folder"]
+    if not (fit_dir / FIT_FILE).is_file():
+        raise FileNotFoundError(
+            f"{fit_dir} has no {FIT_FILE} (made by an older version?): delete that folder and rerun "
+            f"python make_priors.py split={fit_split} with the same overrides"
+        )
+    return fit_dir
+
+
 def make_priors(cfg: DictConfig) -> dict[str, Any]:
-    """Compute (or resume) the prior cache of ``cfg.split`` and write + print its quality report."""
+    """Compute (or resume) the prior cache of ``cfg.split`` and write + print its quality report.
+
+    With ``prior.fit_split`` set to another split, that split's cache is made first and its fit
+    (the global clusters) is reused here; the fit's folder is part of this cache's identity.
+    """
     torch.manual_seed(int(cfg.seed))
     # The benchmark's thread counts (bench/priors.py --threads 1 under OMP_NUM_THREADS=1): on a
     # shared CPU more torch / OpenCV threads than cores made the fast prior ~30x slower.
@@ -104,13 +139,20 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
     name, workers, prior = _build_prior(cfg)
+    fit_dir = _fitted_elsewhere(cfg, prior.needs_fit)
     datamodule = instantiate(cfg.data, prior=None)
     dataset = datamodule.dataset(cfg.split, transform=None)
     identity = prior_identity(cfg)
+    if fit_dir is not None:
+        identity["fit_from"] = f"{fit_dir.parent.name}/{fit_dir.name}"
     out_dir = (
         Path(cfg.paths.priors_dir) / datamodule.name / cfg.split / prior_dir_name(name, config_hash(identity))
     )
     log.info("prior %s for data=%s split=%s -> %s", name, datamodule.name, cfg.split, out_dir)
+    if fit_dir is not None and not (out_dir / FIT_FILE).is_file():
+        # compute_prior loads a stored fit instead of fitting (as when it resumes a killed run)
+        log.info("global fit from %s", fit_dir)
+        atomic_write(out_dir / FIT_FILE, (fit_dir / FIT_FILE).read_bytes())
     manifest = compute_prior(
         prior,
         dataset,
