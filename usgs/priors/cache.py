@@ -4,12 +4,16 @@ Layout (reading side: ``usgs.data.prior_store``)::
 
     <prior_root>/<dataset>/<split>/<prior>-<config hash>/
         config.json        the prior's config, written first: a folder is never reused for another config
+        data.json          data root + fingerprint of the split's files; when the files change, the
+                           folder's results are deleted and recomputed (never reused)
         <id>.png           uint8 prior map, 255 = ignore (written atomically: temp file + os.replace)
         .states/<id>.npz   per-image intermediate results of two-stage priors (deleted when finished)
         .fit.npz           what the prior's fit() learned (a resumed run skips fit)
         manifest.json      written LAST: config, counts, timings (+ ``extra``: git SHA, dataset ...)
 
-A killed run is resumed by running the same command again: finished images are skipped.
+A killed run (even by SIGKILL, in any stage) is resumed by running the same command again: finished
+images and a finished fit are skipped, and the PNGs equal those of an uninterrupted run. Worker
+processes die with the process that started them (parent-death signal).
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from usgs.data.prior_store import MANIFEST
@@ -35,6 +44,8 @@ from usgs.priors.base import MaskPrior, State
 __all__ = ["config_hash", "compute_prior", "load_image", "atomic_write", "ConfigMismatchError"]
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
+log = logging.getLogger(__name__)
 
 
 class RawDataset(Protocol):
@@ -130,6 +141,61 @@ def _check_config(out_dir: Path, config: Mapping[str, Any]) -> None:
         atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
 
 
+def _check_data(out_dir: Path, data: Mapping[str, Any] | None) -> None:
+    """Delete the results of a folder computed from other files than ``data`` describes, then record it."""
+    if data is None:
+        return
+    path = out_dir / DATA_FILE
+    wanted = json.loads(json.dumps(data, sort_keys=True, default=str))
+    found = json.loads(path.read_text()) if path.is_file() else None
+    if found == wanted:
+        return
+    results = [out_dir / MANIFEST, out_dir / ".fit.npz", *out_dir.rglob("*.png")]
+    if any(p.is_file() for p in results) or (out_dir / ".states").exists():
+        log.warning("%s was computed from other files (%s, now %s): recomputing it", out_dir, found, wanted)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # first: the folder is unfinished from here on
+        shutil.rmtree(out_dir / ".states", ignore_errors=True)
+        for result in results[1:]:
+            result.unlink(missing_ok=True)
+    atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when ``parent`` dies, even by SIGKILL (no orphaned workers)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # from <linux/prctl.h>
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+    def watch() -> None:  # other systems (and a parent that died before prctl): poll
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _map_in_processes(function: Any, items: Sequence[Any], workers: int, *args: Any) -> Iterator[Any]:
+    """``function(item, *args)`` for each item in ``workers`` spawned processes, results in order.
+
+    A plain process pool, not joblib's reusable loky executor: its workers outlived a killed parent
+    for minutes. Here each worker gets a parent-death signal, and the pool is shut down on any exit.
+    """
+    context = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP / torch threads
+    pool = ProcessPoolExecutor(workers, context, initializer=_die_with_parent, initargs=(os.getpid(),))
+    try:
+        futures = [pool.submit(function, item, *args) for item in items]
+        for future in futures:
+            yield future.result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _local_job(indices: list[int], prior: MaskPrior, dataset: RawDataset, out_dir: Path) -> float:
+    return _local_batch(prior, dataset, indices, out_dir)
+
+
 def compute_prior(
     prior: MaskPrior,
     dataset: RawDataset,
@@ -138,17 +204,22 @@ def compute_prior(
     workers: int = 1,
     progress: bool = True,
     extra: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fill ``out_dir`` with the prior of every image of ``dataset``; return the manifest dict.
 
     Resumes an unfinished folder (skips images whose PNG / state exists) and returns the existing
-    manifest of a finished one. ``workers`` > 1 spreads CPU-bound priors (``prior.parallel``) over
-    processes. ``extra`` entries (dataset, split ...) are stored in the manifest.
+    manifest of a finished one. ``data`` (data root + fingerprint of the split's files) is stored in
+    ``data.json`` and the manifest; a folder computed from other files is recomputed. ``workers`` > 1
+    spreads CPU-bound priors (``prior.parallel``) over processes. ``extra`` entries (dataset, split
+    ...) are stored in the manifest.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
+    _check_data(out_dir, data)
     if (out_dir / MANIFEST).is_file():
+        _clean(out_dir)  # a run killed after writing the manifest
         return json.loads((out_dir / MANIFEST).read_text())
     wall = time.perf_counter()
     n, ids = len(dataset), dataset.ids
@@ -165,10 +236,8 @@ def compute_prior(
     computed = sum(len(b) for b in todo)
     bar = tqdm(total=len(todo), desc=f"{out_dir.name}: per-image", unit="batch", disable=not progress)
     local_seconds = 0.0
-    if prior.parallel and workers > 1:
-        jobs = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(_local_batch)(prior, dataset, b, out_dir) for b in todo
-        )
+    if prior.parallel and workers > 1 and len(todo) > 1:
+        jobs: Iterator[float] = _map_in_processes(_local_job, todo, workers, prior, dataset, out_dir)
     else:
         jobs = (_local_batch(prior, dataset, b, out_dir) for b in todo)
     for seconds in jobs:
@@ -227,7 +296,15 @@ def compute_prior(
         },
         "ms_per_image": 1000.0 * (local_seconds + fit_seconds + finalize_seconds) / max(1, computed),
         **dict(extra or {}),
+        **({"data": json.loads((out_dir / DATA_FILE).read_text())} if data is not None else {}),
     }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
-    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    _clean(out_dir)
     return manifest
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove what a finished folder no longer needs: per-image states, temp files of killed writes."""
+    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

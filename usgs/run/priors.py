@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from usgs.data.prior_store import prior_dir_name
 from usgs.priors.cache import compute_prior, config_hash
-from usgs.priors.report import score_prior_dir, write_report
+from usgs.priors.report import MissingGroundTruthError, score_prior_dir, write_report
 from usgs.run.outputs import git_sha
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,12 @@ _LOADER_KEYS = {
 _NOT_ARGS = ("name", "workers", "morphology", "checkpoint", "features_checkpoint", "train_command")
 
 
-def prior_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What the cache hash covers: the prior config (minus ``workers``), the seed, split and data identity."""
+def prior_identity(cfg: DictConfig, data_root: str | None = None) -> dict[str, Any]:
+    """What the cache hash covers: the prior config (minus ``workers``), the seed, split and data identity.
+
+    ``data_root`` (the resolved root of the data) keeps caches of two datasets apart even when their
+    files have the same names; the files' fingerprint is checked by the cache itself (``data.json``).
+    """
     prior = OmegaConf.to_container(cfg.prior, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(prior, dict) and isinstance(data, dict)
@@ -61,6 +65,7 @@ def prior_identity(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "split": cfg.split,
         "data": {k: v for k, v in data.items() if k not in _LOADER_KEYS},
+        "data_root": data_root,
     }
 
 
@@ -98,7 +103,8 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
     name, workers, prior = _build_prior(cfg)
     datamodule = instantiate(cfg.data, prior=None)
     dataset = datamodule.dataset(cfg.split, transform=None)
-    identity = prior_identity(cfg)
+    data = datamodule.data_identity(dataset)
+    identity = prior_identity(cfg, data["root"])
     out_dir = (
         Path(cfg.paths.priors_dir) / datamodule.name / cfg.split / prior_dir_name(name, config_hash(identity))
     )
@@ -111,6 +117,7 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
         workers=workers,
         progress=bool(cfg.progress),
         extra={"dataset": datamodule.name, "split": cfg.split, "git_sha": git_sha()},
+        data=data,
     )
     report: dict[str, Any] = {
         "prior": name,
@@ -124,7 +131,7 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
     }
     try:
         report.update(score_prior_dir(out_dir, dataset, prior.kind, datamodule.num_classes, prior.num_labels))
-    except KeyError as err:  # a split without ground truth: the prior is still usable
+    except MissingGroundTruthError as err:  # a split without ground truth: the prior is still usable
         log.warning("not scored: %s", err)
     for path in {out_dir, Path(cfg.paths.output_dir)}:
         text = write_report(path, report, f"prior {out_dir.name} on {datamodule.name}/{cfg.split}")
