@@ -200,7 +200,9 @@ class AttentionSaliencyPrior(MaskPrior):
         if saliency not in (None, "dataset"):
             if datamodule.prior_root is None:
                 raise ValueError(f"saliency={saliency!r} reads a prior cache: set data.prior_root")
-            self.saliency_dir = find_prior_dir(datamodule.prior_root, datamodule.name, split, saliency)
+            self.saliency_dir = find_prior_dir(
+                datamodule.prior_root, datamodule.name, split, saliency, datamodule.data_identity(self.dataset)
+            )
         self.use_saliency = saliency is not None
         self.rules: dict[str, Any] = {"threshold": threshold, "min_saliency_fraction": min_saliency_fraction,
                       "min_attention_pixels": min_attention_pixels, "unmatched_label": unmatched_label}
