@@ -210,3 +210,24 @@ def test_two_roots_with_the_same_names_never_share_a_cache(make_cfg: Callable, t
     assert run(roots["b"])["folder"] == folder.name
     assert json.loads((folder / MANIFEST).read_text())["counts"]["computed_this_run"] == 4  # not reused
     assert read(roots["b"]).shape == (16, 12)
+
+
+def test_scoring_skips_only_a_split_without_ground_truth(make_cfg: Callable, monkeypatch, caplog) -> None:
+    import usgs.run.priors as run_priors
+    from usgs.priors.report import MissingGroundTruthError
+
+    cfg = make_cfg(["prior=kmeans", "data.num_train=6", "data.image_size=16", "prior.k=3", "progress=false"],
+                   config_name="make_priors")
+
+    def no_truth(*args: object) -> dict:
+        raise MissingGroundTruthError("no 'mask' ground truth")
+
+    monkeypatch.setattr(run_priors, "score_prior_dir", no_truth)
+    assert "miou_majority" not in make_priors(cfg) and "not scored" in caplog.text
+
+    def bug(*args: object) -> dict:
+        return {}["typo"]
+
+    monkeypatch.setattr(run_priors, "score_prior_dir", bug)
+    with pytest.raises(KeyError, match="typo"):  # any other KeyError is a bug, never swallowed
+        make_priors(cfg)
