@@ -22,15 +22,10 @@ import hashlib
 import io
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +35,7 @@ from tqdm.auto import tqdm
 
 from usgs.data.prior_store import MANIFEST
 from usgs.priors.base import MaskPrior, State
+from usgs.priors.processes import map_in_processes
 
 __all__ = ["config_hash", "compute_prior", "load_image", "atomic_write", "ConfigMismatchError"]
 
@@ -160,38 +156,6 @@ def _check_data(out_dir: Path, data: Mapping[str, Any] | None) -> None:
     atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: end this worker when ``parent`` dies, even by SIGKILL (no orphaned workers)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        pr_set_pdeathsig = 1  # from <linux/prctl.h>
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-
-    def watch() -> None:  # other systems (and a parent that died before prctl): poll
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _map_in_processes(function: Any, items: Sequence[Any], workers: int, *args: Any) -> Iterator[Any]:
-    """``function(item, *args)`` for each item in ``workers`` spawned processes, results in order.
-
-    A plain process pool, not joblib's reusable loky executor: its workers outlived a killed parent
-    for minutes. Here each worker gets a parent-death signal, and the pool is shut down on any exit.
-    """
-    context = multiprocessing.get_context("spawn")  # no fork of a process with OpenMP / torch threads
-    pool = ProcessPoolExecutor(workers, context, initializer=_die_with_parent, initargs=(os.getpid(),))
-    try:
-        futures = [pool.submit(function, item, *args) for item in items]
-        for future in futures:
-            yield future.result()
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-
-
 def _local_job(indices: list[int], prior: MaskPrior, dataset: RawDataset, out_dir: Path) -> float:
     return _local_batch(prior, dataset, indices, out_dir)
 
@@ -237,7 +201,7 @@ def compute_prior(
     bar = tqdm(total=len(todo), desc=f"{out_dir.name}: per-image", unit="batch", disable=not progress)
     local_seconds = 0.0
     if prior.parallel and workers > 1 and len(todo) > 1:
-        jobs: Iterator[float] = _map_in_processes(_local_job, todo, workers, prior, dataset, out_dir)
+        jobs: Iterator[float] = map_in_processes(_local_job, todo, workers, prior, dataset, out_dir)
     else:
         jobs = (_local_batch(prior, dataset, b, out_dir) for b in todo)
     for seconds in jobs:
