@@ -143,7 +143,7 @@ def test_folder_splits_saliency_and_bad_labels(tmp_path: Path) -> None:
     )
     ds = next(d for d in map(too_few.dataset, ("train", "val", "test")) if "2" in d.ids)
     bad = ds.ids.index("2")
-    with pytest.raises(ValueError, match=rf"masks/{ds.ids[bad]}.png\): label value\(s\) \[2\] out of range"):
+    with pytest.raises(ValueError, match=rf"masks/{ds.ids[bad]}.png[^)]*\): label value\(s\) \[2\] out of range"):
         ds[bad]
     with pytest.raises(ValueError, match="num_classes=4"):
         FolderDataModule(root=tmp_path, **{**args, "num_classes": 4})
@@ -157,3 +157,50 @@ def test_data_config_composes_and_instantiates(name: str, make_cfg: Callable) ->
     assert dm.palette.shape == (dm.num_classes, 3) and dm.palette.dtype == np.uint8
     for key in ("num_workers", "pin_memory", "persistent_workers", "prior", "prior_root"):
         assert key in cfg.data, key
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([0, 1, 255], [0, 1, 255]),  # label map: 1 = foreground, 255 = ignore (kept)
+        ([0, 1], [0, 1]),
+        ([0, 255], [0, 1]),  # released 0/255 map: 255 = foreground
+        ([0, 40, 127, 128, 200], [0, 0, 0, 1, 1]),  # grey map: thresholded at 128
+    ],
+)
+def test_saliency_values_read_as_they_mean(tmp_path: Path, values: list[int], expected: list[int]) -> None:
+    from usgs.data.io import read_saliency
+
+    Image.fromarray(np.array([values], np.uint8)).save(tmp_path / "s.png")
+    image = np.zeros((1, len(values), 3), np.uint8)
+    np.testing.assert_array_equal(read_saliency(tmp_path / "s.png", image, tmp_path / "i.png"), [expected])
+
+
+def test_saliency_with_another_value_set_is_an_error(tmp_path: Path) -> None:
+    from usgs.data.io import read_saliency
+
+    Image.fromarray(np.array([[0, 2, 3]], np.uint8)).save(tmp_path / "s.png")  # a class-id mask
+    with pytest.raises(ValueError, match=r"saliency file .*s.png: values \[0, 2, 3\]"):
+        read_saliency(tmp_path / "s.png", np.zeros((1, 3, 3), np.uint8), tmp_path / "i.png")
+
+
+def test_folder_input_errors_name_the_file(tmp_path: Path) -> None:
+    args = dict(class_names=["a", "b", "c"], num_classes=3, **BASE)
+    root = _folder(tmp_path / "d", True)
+    (root / "images" / "train" / "1.png").write_bytes((root / "images" / "train" / "1.png").read_bytes()[:60])
+    dm = FolderDataModule(root=root, **args)
+    # train/ + val/ sub-folders: val/ is the test split and val is carved out of train/
+    train = next(d for d in (dm.dataset(s, transform=None) for s in ("train", "val")) if "1" in d.ids)
+    broken = train.ids.index("1")
+    with pytest.raises(OSError, match=r"cannot decode image file .*images/train/1.png: OSError"):
+        train[broken]
+    from usgs.priors.cache import load_image
+
+    with pytest.raises(RuntimeError, match=r"images/train/1.png: OSError"):  # what make_priors prints
+        load_image(train, broken)
+    (root / "masks" / "val" / "4.png").unlink()  # found when the split is set up, not at its batch
+    with pytest.raises(FileNotFoundError, match=r"1 file\(s\) of this split are missing: .*masks/val/4.png"):
+        dm.dataset("test")
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(root / "images" / "train" / "2.jpg")
+    with pytest.raises(ValueError, match=r"two images with the stem '2': .*train/2.jpg and .*train/2.png"):
+        dm.dataset("train")

@@ -262,3 +262,68 @@ def test_kmeans_seed_config_fits_with_ten_restarts(make_cfg: Callable) -> None:
     # the seed's KMeans(n_clusters=40) under scikit-learn < 1.4: n_init=10
     reference = KMeans(n_clusters=40, n_init=10, random_state=3).fit(points)
     np.testing.assert_allclose(prior.global_centers, reference.cluster_centers_)
+
+
+def _folder_root(root: Path, shape: tuple[int, int]) -> Path:
+    """5 images ``0..4.png`` of ``shape`` with two-class masks: the same file names in every root."""
+    rng = np.random.default_rng(shape[0])
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for k in range(5):
+        cv2.imwrite(str(root / "images" / f"{k}.png"), rng.integers(0, 256, (*shape, 3), dtype=np.uint8))
+        cv2.imwrite(str(root / "masks" / f"{k}.png"), (rng.random(shape) > 0.5).astype(np.uint8))
+    return root
+
+
+def test_two_roots_with_the_same_names_never_share_a_cache(make_cfg: Callable, tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    roots = {"a": _folder_root(tmp_path / "a", (12, 16)), "b": _folder_root(tmp_path / "b", (16, 12))}
+    fast = ["prior=kmeans", "data=folder", "prior.k=3", "prior.local_k=2", "prior.samples_per_image=32"]
+
+    def run(root: Path) -> dict:
+        return make_priors(make_cfg([*fast, f"data.root={root}", "progress=false"], config_name="make_priors"))
+
+    reports = {name: run(root) for name, root in roots.items()}  # b used to reuse a's cache and crash
+    # 5 images per root: 3 train / 1 val / 1 test (the seeded 60/20/20 split)
+    assert reports["a"]["folder"] != reports["b"]["folder"] and reports["b"]["images"] == 3
+    cfg = make_cfg([*fast, f"data.root={roots['b']}"], config_name="make_priors")
+
+    def read(root: Path) -> np.ndarray:
+        dm = instantiate(cfg.data, root=str(root), prior="kmeans", prior_root=cfg.paths.priors_dir)
+        return dm.dataset("train", transform=None)[0]["prior"].numpy()
+
+    assert read(roots["a"]).shape == (12, 16) and read(roots["b"]).shape == (16, 12)
+    # a file of b changes: the reader refuses the cache, make_priors recomputes it in the same folder
+    cv2.imwrite(str(roots["b"] / "images" / "1.png"), np.zeros((16, 12, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"computed from other files.*make_priors.py prior=kmeans"):
+        read(roots["b"])
+    folder = Path(cfg.paths.priors_dir) / "folder" / "train" / reports["b"]["folder"]
+    assert json.loads((folder / MANIFEST).read_text())["counts"]["computed_this_run"] == 3
+    (folder / MANIFEST).write_text((folder / MANIFEST).read_text().replace('"computed_this_run": 3', '"x": 0'))
+    assert run(roots["b"])["folder"] == folder.name
+    assert json.loads((folder / MANIFEST).read_text())["counts"]["computed_this_run"] == 3  # not reused
+    assert read(roots["b"]).shape == (16, 12)
+
+
+def test_scoring_skips_only_a_split_without_ground_truth(make_cfg: Callable, monkeypatch, caplog) -> None:
+    import usgs.run.priors as run_priors
+    from usgs.priors.report import MissingGroundTruthError
+
+    cfg = make_cfg(["prior=kmeans", "data.num_train=6", "data.image_size=16", "prior.k=3", "progress=false"],
+                   config_name="make_priors")
+
+    def no_truth(*args: object, **kwargs: object) -> dict:
+        raise MissingGroundTruthError("no 'mask' ground truth")
+
+    monkeypatch.setattr(run_priors, "score_prior_dir", no_truth)
+    assert "miou_majority" not in make_priors(cfg) and "not scored" in caplog.text
+
+    def bug(*args: object, **kwargs: object) -> dict:
+        return {}["typo"]
+
+    monkeypatch.setattr(run_priors, "score_prior_dir", bug)
+    for report in Path(cfg.paths.priors_dir).rglob("report.json"):  # else the scores are read back
+        report.unlink()
+    with pytest.raises(KeyError, match="typo"):  # any other KeyError is a bug, never swallowed
+        make_priors(cfg)

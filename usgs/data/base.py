@@ -12,6 +12,7 @@ Batch dict (collated), identical for every DataModule:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -124,6 +125,29 @@ class SegmentationDataset(Dataset, ABC):
     def describe(self, index: int) -> str:
         """Where sample ``index`` comes from, for error messages (subclasses name the file)."""
         return f"sample {self.ids[index]!r}"
+
+    def files(self, index: int) -> list[Path]:
+        """The files sample ``index`` is read from (none for generated data); subclasses list them."""
+        return []
+
+    def check_files(self) -> None:
+        """Raise FileNotFoundError naming the missing files of the split (a cheap existence check)."""
+        missing = sorted({str(f) for i in range(len(self.ids)) for f in self.files(i) if not f.is_file()})
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} file(s) of this split are missing: {', '.join(missing[:5])}"
+                + (" ..." if len(missing) > 5 else "")
+            )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the split's files for the prior cache: count + sha256 of (path, size, mtime)."""
+        digest, files = hashlib.sha256(), sorted({f for i in range(len(self.ids)) for f in self.files(i)})
+        for name in self.ids:
+            digest.update(f"id {name}\n".encode())
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        return {"samples": len(self.ids), "files": len(files), "sha256": digest.hexdigest()}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -306,11 +330,19 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
             raise ValueError(f"data {self.name!r}: unknown split {split!r}; valid: {list(self.splits)}")
         if transform is _DEFAULT:
             transform = self.train_transform if split == "train" else self.eval_transform
-        prior_dir = None
+        dataset = self.build_dataset(split, transform, None)
+        dataset.check_files()
         if self.prior is not None and split in self.prior_splits:
             assert self.prior_root is not None
-            prior_dir = find_prior_dir(self.prior_root, self.name, split, self.prior)
-        return self.build_dataset(split, transform, prior_dir)
+            dataset.prior_dir = find_prior_dir(
+                self.prior_root, self.name, split, self.prior, self.data_identity(dataset)
+            )
+        return dataset
+
+    def data_identity(self, dataset: SegmentationDataset) -> dict[str, Any]:
+        """What a prior cache of ``dataset`` must have been computed from: data root + file fingerprint."""
+        root = str(self.root.resolve()) if self.root is not None else None
+        return {"root": root, **dataset.fingerprint()}
 
     def _cached(self, split: str) -> SegmentationDataset:
         if split not in self._datasets:

@@ -87,7 +87,10 @@ class CityscapesDataset(SegmentationDataset):
         return self.image_dir / f"{name}_leftImg8bit.png", self.label_dir / f"{name}_gtFine_labelIds.png"
 
     def describe(self, index: int) -> str:
-        return f"Cityscapes frame {self.ids[index]!r} ({self.paths(index)[1]})"
+        return f"Cityscapes frame {self.ids[index]!r} ({', '.join(map(str, self.paths(index)))})"
+
+    def files(self, index: int) -> list[Path]:
+        return list(self.paths(index))
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         image_path, label_path = self.paths(index)

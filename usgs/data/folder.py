@@ -56,7 +56,14 @@ class FolderDataset(SegmentationDataset):
         self.resize_image_to_mask, self.saliency_from_mask = resize_image_to_mask, saliency_from_mask
 
     def describe(self, index: int) -> str:
-        return f"sample {self.ids[index]!r} ({self.mask_dir / self.ids[index]}{self.mask_ext})"
+        return f"sample {self.ids[index]!r} ({', '.join(map(str, self.files(index)))})"
+
+    def files(self, index: int) -> list[Path]:
+        name = self.ids[index]
+        files = [self.image_paths[name], self.mask_dir / f"{name}{self.mask_ext}"]
+        if self.saliency_dir is not None and not self.saliency_from_mask:
+            files.append(self.saliency_dir / f"{name}.png")
+        return files
 
     def _mask(self, path: Path) -> np.ndarray:
         if self.mask_threshold is None:
@@ -151,7 +158,14 @@ class FolderDataModule(SegmentationDataModule):
         for path in (image_dir, mask_dir, saliency_dir):
             if path is not None and not path.is_dir():
                 raise FileNotFoundError(f"folder missing: {path}; expected {self.layout()}")
-        paths = {p.stem: p for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTS}
+        paths: dict[str, Path] = {}
+        for path in sorted(image_dir.iterdir()):
+            if path.suffix.lower() in IMAGE_EXTS:
+                if path.stem in paths:  # one id, two pictures: which one is meant is unknowable
+                    raise ValueError(
+                        f"two images with the stem {path.stem!r}: {paths[path.stem]} and {path}; keep one"
+                    )
+                paths[path.stem] = path
         if not paths:
             raise FileNotFoundError(f"no images in {image_dir}; expected {self.layout()}")
         ids = sorted(paths)

@@ -48,6 +48,9 @@ class IntelDataset(SegmentationDataset):
     def describe(self, index: int) -> str:
         return f"Intel image {self.folder / self.ids[index]}.jpg"
 
+    def files(self, index: int) -> list[Path]:
+        return [self.folder / f"{self.ids[index]}.jpg"]
+
     def load(self, index: int) -> dict[str, np.ndarray]:
         name = self.ids[index]
         labels = np.zeros(len(CLASS_NAMES), np.float32)

@@ -18,27 +18,33 @@ __all__ = [
     "read_index_png",
     "read_list",
     "read_rgb",
+    "read_saliency",
 ]
+
+
+def _decode(path: Path, what: str, mode: str | None) -> np.ndarray:
+    """Decode ``path`` with PIL (converted to ``mode`` if given); any decoder failure names the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file missing: {path}")
+    try:
+        with Image.open(path) as image:
+            if mode is None and image.mode not in ("L", "P"):
+                raise ValueError(
+                    f"{what} file {path} must be a single-channel (L) or palette (P) PNG, got mode {image.mode}"
+                )
+            return np.array(image.convert(mode) if mode else image)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # truncated, corrupt, not an image
+        raise OSError(f"cannot decode {what} file {path}: {type(err).__name__}: {err}") from err
 
 
 def read_rgb(path: Path) -> np.ndarray:
     """An image file as uint8 [H,W,3] RGB (grey / palette / RGBA files are converted)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"image file missing: {path}")
-    with Image.open(path) as image:
-        return np.array(image.convert("RGB"))
+    return _decode(path, "image", "RGB")
 
 
-def read_index_png(path: Path) -> np.ndarray:
+def read_index_png(path: Path, what: str = "label") -> np.ndarray:
     """A label image whose pixel values are class ids (mode L or P: the palette index) as uint8 [H,W]."""
-    if not path.is_file():
-        raise FileNotFoundError(f"label file missing: {path}")
-    with Image.open(path) as image:
-        if image.mode not in ("L", "P"):
-            raise ValueError(
-                f"label file {path} must be a single-channel (L) or palette (P) PNG, got mode {image.mode}"
-            )
-        return np.array(image)
+    return _decode(path, what, None)
 
 
 def decode_colours(rgb: np.ndarray, colours: np.ndarray, ids: np.ndarray, path: Path) -> np.ndarray:
@@ -85,7 +91,21 @@ def binarise(mask: np.ndarray, threshold: int) -> np.ndarray:
 
 
 def read_saliency(path: Path, image: np.ndarray, image_path: Path) -> np.ndarray:
-    """A saliency PNG as uint8 {0,1} of the image's size; 0/255 maps (as released) are thresholded at 128."""
-    saliency = read_index_png(path)
+    """A saliency PNG as uint8 {0,1,255} (1 = foreground, 255 = ignore) of the image's size.
+
+    Two encodings are read: a label map whose values are a subset of {0, 1, 255} with a 1 in it keeps
+    1 = foreground and 255 = ignore; a grey 0..255 map (the 0/255 maps released with MaskContrast, or
+    soft maps) is thresholded at 128. Any other value set (e.g. {0, 2} or {0, 3, 7}: a class-id mask, or
+    a map that the threshold would make all background) is an error naming the file and its values.
+    """
+    saliency = read_index_png(path, "saliency")
     check_same_size(image, saliency, image_path, path)
-    return binarise(saliency, 128) if saliency.max() > 1 else saliency
+    values = np.unique(saliency)
+    if set(values.tolist()) <= {0, 1, 255} and (1 in values or values.max() == 0):
+        return saliency
+    if values.max() >= 128:
+        return binarise(saliency, 128)
+    raise ValueError(
+        f"saliency file {path}: values {values.tolist()[:10]} are neither a label map (subset of 0, 1, "
+        f"255 with 1 = foreground, 255 = ignore) nor a grey 0..255 map (thresholded at 128)"
+    )

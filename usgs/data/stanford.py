@@ -53,14 +53,14 @@ class StanfordDataset(SegmentationDataset):
         self.ids, self.root = ids, root
 
     def describe(self, index: int) -> str:
-        return f"Stanford image {self.ids[index]!r} ({self.root / 'labels' / self.ids[index]}.regions.txt)"
+        return f"Stanford image {self.ids[index]!r} ({', '.join(map(str, self.files(index)))})"
+
+    def files(self, index: int) -> list[Path]:
+        name = self.ids[index]
+        return [self.root / "images" / f"{name}.jpg", self.root / "labels" / f"{name}.regions.txt"]
 
     def load(self, index: int) -> dict[str, np.ndarray]:
-        name = self.ids[index]
-        image_path, label_path = (
-            self.root / "images" / f"{name}.jpg",
-            self.root / "labels" / f"{name}.regions.txt",
-        )
+        image_path, label_path = self.files(index)
         image, mask = read_rgb(image_path), read_regions(label_path)
         check_same_size(image, mask, image_path, label_path)
         return {"image": image, "mask": mask}

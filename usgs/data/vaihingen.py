@@ -95,7 +95,10 @@ class VaihingenDataset(SegmentationDataset):
         return self.image_dir / f"top_mosaic_09cm_area{area}.tif", self.gt_dir / self.gt_pattern.format(area)
 
     def describe(self, index: int) -> str:
-        return f"Vaihingen crop {self.ids[index]!r} ({self.paths(self.windows[index][0])[1]})"
+        return f"Vaihingen crop {self.ids[index]!r} ({', '.join(map(str, self.files(index)))})"
+
+    def files(self, index: int) -> list[Path]:
+        return list(self.paths(self.windows[index][0]))
 
     def tile(self, area: int) -> tuple[np.ndarray, np.ndarray]:
         """Whole tile: IRRG uint8 [H,W,3] and decoded ids uint8 [H,W], cached (tiles are reused by many crops)."""

@@ -75,7 +75,12 @@ class VOCDataset(SegmentationDataset):
         self.ids, self.image_dir, self.label_dir, self.saliency_dir = ids, image_dir, label_dir, saliency_dir
 
     def describe(self, index: int) -> str:
-        return f"VOC sample {self.ids[index]!r} ({self.label_dir / (self.ids[index] + '.png')})"
+        return f"VOC sample {self.ids[index]!r} ({', '.join(map(str, self.files(index)))})"
+
+    def files(self, index: int) -> list[Path]:
+        name = self.ids[index]
+        files = [self.image_dir / f"{name}.jpg", self.label_dir / f"{name}.png"]
+        return files + ([self.saliency_dir / f"{name}.png"] if self.saliency_dir is not None else [])
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         name = self.ids[index]

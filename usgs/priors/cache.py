@@ -4,12 +4,16 @@ Layout (reading side: ``usgs.data.prior_store``)::
 
     <prior_root>/<dataset>/<split>/<prior>-<config hash>/
         config.json        the prior's config, written first: a folder is never reused for another config
+        data.json          data root + fingerprint of the split's files; when the files change, the
+                           folder's results are deleted and recomputed (never reused)
         <id>.png           uint8 prior map, 255 = ignore (written atomically: temp file + os.replace)
         .states/<id>.npz   per-image intermediate results of two-stage priors (deleted when finished)
         .fit.npz           what the prior's fit() learned (a resumed run skips fit)
         manifest.json      written LAST: config, counts, timings (+ ``extra``: git SHA, dataset ...)
 
-A killed run is resumed by running the same command again: finished images are skipped.
+A killed run (even by SIGKILL, in any stage) is resumed by running the same command again: finished
+images and a finished fit are skipped, and the PNGs equal those of an uninterrupted run. Worker
+processes die with the process that started them (parent-death signal).
 """
 
 from __future__ import annotations
@@ -17,24 +21,27 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import logging
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
+from usgs.atomic import atomic_write
 from usgs.data.prior_store import MANIFEST
 from usgs.priors.base import MaskPrior, State
+from usgs.priors.processes import map_in_processes
 
 __all__ = ["config_hash", "compute_prior", "load_image", "atomic_write", "ConfigMismatchError"]
 
 CONFIG_FILE = "config.json"
+DATA_FILE = "data.json"
+log = logging.getLogger(__name__)
 
 
 class RawDataset(Protocol):
@@ -55,15 +62,6 @@ def config_hash(config: Mapping[str, Any], length: int = 10) -> str:
     """Stable short hash of a JSON-able config (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, then os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
@@ -130,6 +128,29 @@ def _check_config(out_dir: Path, config: Mapping[str, Any]) -> None:
         atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
 
 
+def _check_data(out_dir: Path, data: Mapping[str, Any] | None) -> None:
+    """Delete the results of a folder computed from other files than ``data`` describes, then record it."""
+    if data is None:
+        return
+    path = out_dir / DATA_FILE
+    wanted = json.loads(json.dumps(data, sort_keys=True, default=str))
+    found = json.loads(path.read_text()) if path.is_file() else None
+    if found == wanted:
+        return
+    results = [out_dir / MANIFEST, out_dir / ".fit.npz", *out_dir.rglob("*.png")]
+    if any(p.is_file() for p in results) or (out_dir / ".states").exists():
+        log.warning("%s was computed from other files (%s, now %s): recomputing it", out_dir, found, wanted)
+        (out_dir / MANIFEST).unlink(missing_ok=True)  # first: the folder is unfinished from here on
+        shutil.rmtree(out_dir / ".states", ignore_errors=True)
+        for result in results[1:]:
+            result.unlink(missing_ok=True)
+    atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
+
+
+def _local_job(indices: list[int], prior: MaskPrior, dataset: RawDataset, out_dir: Path) -> float:
+    return _local_batch(prior, dataset, indices, out_dir)
+
+
 def compute_prior(
     prior: MaskPrior,
     dataset: RawDataset,
@@ -138,17 +159,26 @@ def compute_prior(
     workers: int = 1,
     progress: bool = True,
     extra: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    fit_from: Path | None = None,
 ) -> dict[str, Any]:
     """Fill ``out_dir`` with the prior of every image of ``dataset``; return the manifest dict.
 
     Resumes an unfinished folder (skips images whose PNG / state exists) and returns the existing
-    manifest of a finished one. ``workers`` > 1 spreads CPU-bound priors (``prior.parallel``) over
-    processes. ``extra`` entries (dataset, split ...) are stored in the manifest.
+    manifest of a finished one. ``data`` (data root + fingerprint of the split's files) is stored in
+    ``data.json`` and the manifest; a folder computed from other files is recomputed. ``workers`` > 1
+    spreads CPU-bound priors (``prior.parallel``) over processes. ``extra`` entries (dataset, split
+    ...) are stored in the manifest. ``fit_from``: another cache's fit file (e.g. the train split's
+    global clusters) used instead of fitting on this split.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_config(out_dir, config)
+    _check_data(out_dir, data)
+    if fit_from is not None and not (out_dir / ".fit.npz").is_file():
+        atomic_write(out_dir / ".fit.npz", fit_from.read_bytes())  # loaded below as a resumed fit
     if (out_dir / MANIFEST).is_file():
+        _clean(out_dir)  # a run killed after writing the manifest
         return json.loads((out_dir / MANIFEST).read_text())
     wall = time.perf_counter()
     n, ids = len(dataset), dataset.ids
@@ -165,10 +195,8 @@ def compute_prior(
     computed = sum(len(b) for b in todo)
     bar = tqdm(total=len(todo), desc=f"{out_dir.name}: per-image", unit="batch", disable=not progress)
     local_seconds = 0.0
-    if prior.parallel and workers > 1:
-        jobs = Parallel(n_jobs=workers, return_as="generator")(
-            delayed(_local_batch)(prior, dataset, b, out_dir) for b in todo
-        )
+    if prior.parallel and workers > 1 and len(todo) > 1:
+        jobs: Iterator[float] = map_in_processes(_local_job, todo, workers, prior, dataset, out_dir)
     else:
         jobs = (_local_batch(prior, dataset, b, out_dir) for b in todo)
     for seconds in jobs:
@@ -227,7 +255,15 @@ def compute_prior(
         },
         "ms_per_image": 1000.0 * (local_seconds + fit_seconds + finalize_seconds) / max(1, computed),
         **dict(extra or {}),
+        **({"data": json.loads((out_dir / DATA_FILE).read_text())} if data is not None else {}),
     }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
-    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    _clean(out_dir)
     return manifest
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove what a finished folder no longer needs: per-image states, temp files of killed writes."""
+    shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    for tmp in out_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -242,7 +242,9 @@ class AttentionSaliencyPrior(MaskPrior):
         if saliency not in (None, "dataset"):
             if datamodule.prior_root is None:
                 raise ValueError(f"saliency={saliency!r} reads a prior cache: set data.prior_root")
-            self.saliency_dir = find_prior_dir(datamodule.prior_root, datamodule.name, split, saliency)
+            self.saliency_dir = find_prior_dir(
+                datamodule.prior_root, datamodule.name, split, saliency, datamodule.data_identity(self.dataset)
+            )
         self.use_saliency = saliency is not None
         default = IGNORE if background_index is None else background_index
         self.rules: dict[str, Any] = {

@@ -28,8 +28,8 @@ from usgs.metrics import SegmentationMetric
 from usgs.priors.cache import RawDataset, atomic_write
 from usgs.visualize import color_palette, colorize, draw_panel, legend_entries
 
-__all__ = ["semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table", "write_report", "prior_panel",
-           "is_score"]
+__all__ = ["MissingGroundTruthError", "semantic_scores", "saliency_scores", "score_prior_dir", "markdown_table",
+           "write_report", "prior_panel", "is_score"]
 
 IGNORE = 255
 BETA2 = 0.3
@@ -91,6 +91,10 @@ def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) 
     }
 
 
+class MissingGroundTruthError(KeyError):
+    """The split has no ground truth of the prior's kind: the prior is usable but cannot be scored."""
+
+
 def score_prior_dir(
     prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int,
     progress: bool = False,
@@ -106,7 +110,7 @@ def score_prior_dir(
             raise FileNotFoundError(f"prior map {path} missing or unreadable")
         raw = dataset.load(i)
         if key not in raw:
-            raise KeyError(
+            raise MissingGroundTruthError(
                 f"{dataset.describe(i)} has no {key!r} ground truth (keys: {sorted(raw)}); "
                 f"cannot score a {kind} prior on it"
             )

@@ -30,8 +30,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from usgs.data.prior_store import prior_dir_name
-from usgs.priors.cache import atomic_write, compute_prior, config_hash
-from usgs.priors.report import prior_panel, score_prior_dir, write_report
+from usgs.priors.cache import compute_prior, config_hash
+from usgs.priors.report import MissingGroundTruthError, prior_panel, score_prior_dir, write_report
 from usgs.run.outputs import git_sha
 from usgs.visualize import write_png
 
@@ -66,8 +66,12 @@ _NOT_ARGS = (
 FIT_FILE = ".fit.npz"  # what compute_prior stores of the prior's fit (kept after the cache is finished)
 
 
-def prior_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What the cache hash covers: the prior config (minus ``workers``), the seed, split and data identity."""
+def prior_identity(cfg: DictConfig, data_root: str | None = None) -> dict[str, Any]:
+    """What the cache hash covers: the prior config (minus ``workers``), the seed, split and data identity.
+
+    ``data_root`` (the resolved root of the data) keeps caches of two datasets apart even when their
+    files have the same names; the files' fingerprint is checked by the cache itself (``data.json``).
+    """
     prior = OmegaConf.to_container(cfg.prior, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True)
     assert isinstance(prior, dict) and isinstance(data, dict)
@@ -77,6 +81,7 @@ def prior_identity(cfg: DictConfig) -> dict[str, Any]:
         "seed": cfg.seed,
         "split": cfg.split,
         "data": {k: v for k, v in data.items() if k not in _LOADER_KEYS},
+        "data_root": data_root,
     }
 
 
@@ -142,17 +147,16 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
     fit_dir = _fitted_elsewhere(cfg, prior.needs_fit)
     datamodule = instantiate(cfg.data, prior=None)
     dataset = datamodule.dataset(cfg.split, transform=None)
-    identity = prior_identity(cfg)
+    data = datamodule.data_identity(dataset)
+    identity = prior_identity(cfg, data["root"])
     if fit_dir is not None:
         identity["fit_from"] = f"{fit_dir.parent.name}/{fit_dir.name}"
     out_dir = (
         Path(cfg.paths.priors_dir) / datamodule.name / cfg.split / prior_dir_name(name, config_hash(identity))
     )
     log.info("prior %s for data=%s split=%s -> %s", name, datamodule.name, cfg.split, out_dir)
-    if fit_dir is not None and not (out_dir / FIT_FILE).is_file():
-        # compute_prior loads a stored fit instead of fitting (as when it resumes a killed run)
+    if fit_dir is not None:
         log.info("global fit from %s", fit_dir)
-        atomic_write(out_dir / FIT_FILE, (fit_dir / FIT_FILE).read_bytes())
     manifest = compute_prior(
         prior,
         dataset,
@@ -161,6 +165,8 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
         workers=workers,
         progress=bool(cfg.progress),
         extra={"dataset": datamodule.name, "split": cfg.split, "git_sha": git_sha()},
+        data=data,
+        fit_from=fit_dir / FIT_FILE if fit_dir is not None else None,
     )
     report: dict[str, Any] = {
         "prior": name,
@@ -196,6 +202,6 @@ def _scores(out_dir: Path, report: dict[str, Any], dataset: Any, prior: Any, num
             return {k: v for k, v in old.items() if k not in report}
     try:
         return score_prior_dir(out_dir, dataset, prior.kind, num_classes, prior.num_labels, progress=progress)
-    except KeyError as err:  # a split without ground truth: the prior is still usable
+    except MissingGroundTruthError as err:  # a split without ground truth: the prior is still usable
         log.warning("not scored: %s", err)
         return {}
