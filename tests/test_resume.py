@@ -90,13 +90,19 @@ def test_training_stream_is_not_moved_by_draws_outside_training() -> None:
 
 
 def run_train(run_dir: Path, *overrides: str, kill_at: int = 0) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "WANDB_MODE": "disabled", "KILL_AT": str(kill_at)}
+    env = {**os.environ, "WANDB_MODE": "disabled", "KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-c", KILLING_TRAIN, *RUN, *overrides, f"hydra.run.dir={run_dir}"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_metrics(make_cfg, tmp_path: Path) -> None:
-    train(make_cfg(RUN, run_dir=tmp_path / "reference"))  # uninterrupted, in this process
+    # uninterrupted, in this process, with the subprocesses' one thread (float sums depend on it)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(make_cfg(RUN, run_dir=tmp_path / "reference"))
+    finally:
+        torch.set_num_threads(threads)
     # step 5 = the 2nd of 3 batches of epoch 2: last.ckpt holds epoch 1 (3 steps)
     killed = run_train(tmp_path / "run", kill_at=5)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]

@@ -19,8 +19,10 @@ registered in ``conf/make_priors.yaml``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,12 +139,27 @@ def make_priors(cfg: DictConfig) -> dict[str, Any]:
     With ``prior.fit_split`` set to another split, that split's cache is made first and its fit
     (the global clusters) is reused here; the fit's folder is part of this cache's identity.
     """
-    torch.manual_seed(int(cfg.seed))
     # The benchmark's thread counts (bench/priors.py --threads 1 under OMP_NUM_THREADS=1): on a
-    # shared CPU more torch / OpenCV threads than cores made the fast prior ~30x slower.
-    threads = int(cfg.get("threads", 1))
-    torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    # shared CPU more torch / OpenCV threads than cores made the fast prior ~30x slower. Restored
+    # afterwards: train.py computes missing priors in its own process (prior_auto) and then trains.
+    with _threads(int(cfg.get("threads", 1))):
+        return _make_priors(cfg)
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    before = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(count)
+    cv2.setNumThreads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        cv2.setNumThreads(before[1])
+
+
+def _make_priors(cfg: DictConfig) -> dict[str, Any]:
+    torch.manual_seed(int(cfg.seed))
     name, workers, prior = _build_prior(cfg)
     fit_dir = _fitted_elsewhere(cfg, prior.needs_fit)
     datamodule = instantiate(cfg.data, prior=None)
