@@ -16,8 +16,9 @@ import pytest
 from hydra.utils import instantiate
 from PIL import Image
 
-from usgs.data.base import SPLITS, SegmentationDataModule, holdout_split, overlapping_ids
+from usgs.data.base import SegmentationDataModule
 from usgs.data.folder import FolderDataModule
+from usgs.data.splits import SPLITS, holdout_split, overlapping_ids
 
 FOLDER_ARGS = {"class_names": ["a", "b"], "num_classes": 2, "batch_size": 2, "num_workers": 0}
 
@@ -78,13 +79,14 @@ def _write(path: Path, size: tuple[int, int] = (4, 6)) -> None:
     Image.fromarray(np.zeros(size, np.uint8)).save(path)
 
 
-def test_cityscapes_val_is_carved_from_train(tmp_path: Path, make_cfg: Callable) -> None:
+@pytest.mark.parametrize("config", ["cityscapes", "cityscapes27"])
+def test_cityscapes_val_is_carved_from_train(config: str, tmp_path: Path, make_cfg: Callable) -> None:
     for folder, count in (("train", 10), ("val", 3)):
         for k in range(count):
             stem = f"{folder}/aachen/aachen_{k:06d}_000019"
             _write(tmp_path / "leftImg8bit" / f"{stem}_leftImg8bit.png")
             _write(tmp_path / "gtFine" / f"{stem}_gtFine_labelIds.png")
-    dm = instantiate(make_cfg(["data=cityscapes", f"data.root={tmp_path}"]).data)
+    dm = instantiate(make_cfg([f"data={config}", f"data.root={tmp_path}"]).data)
     ids = _splits(dm)
     assert [len(ids[s]) for s in SPLITS] == [9, 1, 3] and all(i.startswith("val/") for i in ids["test"])
 

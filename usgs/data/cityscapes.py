@@ -19,14 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import (
-    SegmentationDataModule,
-    SegmentationDataset,
-    Transform,
-    holdout_split,
-    split_sources,
-)
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import IGNORE_INDEX, check_same_size, read_index_png, read_rgb
+from usgs.data.splits import holdout_split, split_sources
 
 # (raw id, name, train id) from cityscapesScripts/helpers/labels.py; 255 = not evaluated.
 LABELS = (

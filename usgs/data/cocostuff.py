@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import IGNORE_INDEX, check_same_size, read_index_png, read_list, read_rgb
+from usgs.data.splits import holdout_split
 
 CLASS_NAMES = (
     "electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory", "animal", "outdoor",

@@ -20,15 +20,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from usgs.data.base import (
-    SPLITS,
-    SegmentationDataModule,
-    SegmentationDataset,
-    Transform,
-    holdout_split,
-    split_sources,
-)
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb, read_saliency
+from usgs.data.splits import SPLITS, holdout_split, split_sources
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 

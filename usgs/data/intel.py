@@ -15,14 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import (
-    SegmentationDataModule,
-    SegmentationDataset,
-    Transform,
-    holdout_split,
-    split_sources,
-)
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import read_rgb
+from usgs.data.splits import holdout_split, split_sources
 
 CLASS_NAMES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 PALETTE = np.array(

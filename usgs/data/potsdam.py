@@ -24,8 +24,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import IGNORE_INDEX, check_same_size, read_index_png, read_list, read_rgb
+from usgs.data.splits import holdout_split
 
 CLASS_NAMES = ("impervious surfaces", "building", "low vegetation", "tree", "car", "clutter")
 CLASS_NAMES_3 = ("roads and cars", "buildings and clutter", "vegetation and trees")

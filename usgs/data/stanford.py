@@ -3,7 +3,7 @@
 Layout ``<root>/images/<id>.jpg`` + ``<root>/labels/<id>.regions.txt`` (whitespace-separated ints,
 one row per image row; -1 = unknown -> 255). There is no official split: a seeded permutation puts
 ``test_fraction`` of the images in test and ``val_fraction`` in val, the rest in train
-(``usgs.data.base.holdout_split``). Image-level labels are the classes present.
+(``usgs.data.splits.holdout_split``). Image-level labels are the classes present.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import IGNORE_INDEX, check_same_size, read_rgb
+from usgs.data.splits import holdout_split
 
 CLASS_NAMES = ("sky", "tree", "road", "grass", "water", "building", "mountain", "foreground object")
 PALETTE = np.array(

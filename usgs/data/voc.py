@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform, holdout_split
+from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import (
     check_same_size,
     missing_files,
@@ -30,6 +30,7 @@ from usgs.data.io import (
     read_rgb,
     read_saliency,
 )
+from usgs.data.splits import holdout_split
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Layout ``<root>/rgb/horseNNN.jpg`` (colour images, at a different resolution tha
 ``<root>/figure_ground/horseNNN.jpg`` (JPEG masks, thresholded at 128). Served as a 2-class dataset
 (background, horse) at mask resolution, with ``saliency`` = the horse, for training and scoring
 saliency priors. A seeded three-way split puts ``test_fraction`` of the images in test and
-``val_fraction`` in val (``usgs.data.base.holdout_split``).
+``val_fraction`` in val (``usgs.data.splits.holdout_split``).
 """
 
 from __future__ import annotations
