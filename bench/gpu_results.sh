@@ -9,6 +9,7 @@
 # Run directories go to ${RUNS:-logs/gpu_results_runs} (dry run: logs/gpu_dry_run), priors to $RUNS/priors.
 # Data: $USGS_DATA_DIR, else ../shared/data; USGS_DATA_ARCHIVE=<file.tar.gz> (a carried copy, see
 # BENCHMARKS.md) is unpacked first. Python: $PYTHON, else .venv/bin/python, else python3.
+# ONLY="weak_deeplab supervised" runs those steps alone (names as in the table; throughput and tables always run).
 # SEEDS="0 1 2" repeats every training run per seed (the table then gives mean ± std); default one seed.
 #
 # Resolution and networks (paper settings where Stanford Background allows them): Stanford images are
@@ -68,31 +69,39 @@ if [[ $DRY == 1 ]]; then
         data.batch_size=2 data.eval_batch_size=2 data.train_transform.crop_size=32 "data.eval_transform.size=[32,32]")
   EVAL_MODE=(device=cpu max_train_images=4 max_eval_images=4 progress=false)
   THROUGHPUT=(--device cpu --steps 2 --batch 2 --warmup 1 --crop 64 --backbone resnet18)
-  ONE=(prior_model_overrides='["trainer=cpu","trainer.max_epochs=1","trainer.limit_train_batches=1","trainer.limit_val_batches=1"]'
-       prior_overrides='["prior.input_size=[32,32]"]')
+  ONE=(prior_model_overrides='["data=stanford","trainer=cpu","trainer.max_epochs=1","trainer.limit_train_batches=1","trainer.limit_val_batches=1"]'
+       prior_overrides='["prior.saliency=saliency_unsup","prior.input_size=[32,32]"]')
 else
   # bf16 autocast (conf/trainer/gpu.yaml), 8 loader workers with pinned memory, validation at the end.
   MODE=(trainer=gpu data.num_workers=8 data.persistent_workers=true data.pin_memory=true)
   EVAL_MODE=(device=cuda)
   THROUGHPUT=(--device cuda --batch 32 --crop 224 --steps 20 --warmup 5 --backbone resnet50)
-  ONE=(prior_model_overrides='["trainer=gpu","trainer.max_epochs=10","trainer.check_val_every_n_epoch=10"]')
+  ONE=(prior_model_overrides='["data=stanford","trainer=gpu","trainer.max_epochs=10","trainer.check_val_every_n_epoch=10"]'
+       prior_overrides='["prior.saliency=saliency_unsup"]')
 fi
 STANFORD_EVAL=("data.eval_transform.size=[240,320]" data.eval_batch_size=16)
 CROP224=(data.train_transform.crop_size=224 "data.train_transform.scale=[0.5,2.0]")
 
+wanted() {  # wanted NAME: not excluded by ONLY
+  [[ -z "${ONLY:-}" || " throughput tables $ONLY " == *" ${1%%/*} "* ]]
+}
+
 step() {  # step NAME COMMAND...: run, time, remember the wall seconds
   local name=$1; shift
+  wanted "$name" || return 0
   echo "=== $name: $*"
   local start=$SECONDS
   "$@"
   printf '%s\t%s\n' "$name" "$((SECONDS - start))" >> "$RUNS/timings.tsv"
 }
 
-train() {  # train NAME SEED EPOCHS OVERRIDES...: train.py into $RUNS/NAME/seed=SEED
+train() {  # train NAME SEED EPOCHS OVERRIDES...: train.py into $RUNS/NAME/seed_SEED
   local name=$1 seed=$2 epochs=$3; shift 3
+  wanted "$name" || return 0
   local budget=(trainer.max_epochs="$epochs" trainer.check_val_every_n_epoch="$epochs")
-  step "$name/seed=$seed" "$PY" train.py "$@" "${COMMON[@]}" "${budget[@]}" "${MODE[@]}" seed="$seed" \
-    "hydra.run.dir=$RUNS/$name/seed=$seed"
+  rm -rf "${RUNS:?}/$name/seed_$seed"  # a fresh run (a stale prior_model/ would be reused)
+  step "$name/seed_$seed" "$PY" train.py "$@" "${COMMON[@]}" "${budget[@]}" "${MODE[@]}" seed="$seed" \
+    "hydra.run.dir=$RUNS/$name/seed_$seed"
 }
 
 step throughput "$PY" bench/throughput.py "${THROUGHPUT[@]}" --out "$OUT"
@@ -102,9 +111,9 @@ for seed in $SEEDS; do
   train maskcontrast "$seed" 20 experiment=maskcontrast_stanford model.net.backbone=resnet50 \
     model.net.head_channels=256 data.train_transform.crop_size=224 data.batch_size=32 "${STANFORD_EVAL[@]}"
   for task in kmeans linear_probe; do
-    step "maskcontrast_$task/seed=$seed" "$PY" evaluate.py task=$task split=test \
-      "ckpt_path=$RUNS/maskcontrast/seed=$seed/checkpoints/last.ckpt" "paths.data_dir=$DATA_DIR" \
-      "${EVAL_MODE[@]}" "hydra.run.dir=$RUNS/maskcontrast_$task/seed=$seed"
+    step "maskcontrast_$task/seed_$seed" "$PY" evaluate.py task=$task split=test \
+      "ckpt_path=$RUNS/maskcontrast/seed_$seed/checkpoints/last.ckpt" "paths.data_dir=$DATA_DIR" \
+      "${EVAL_MODE[@]}" "hydra.run.dir=$RUNS/maskcontrast_$task/seed_$seed"
   done
   # Twins on the k-means prior: the seed's network and epochs (10), 224 px crops.
   train twins "$seed" 10 experiment=twins_stanford data.train_transform.crop_size=224 "${STANFORD_EVAL[@]}"
@@ -119,6 +128,7 @@ for seed in $SEEDS; do
   train single_stage "$seed" 10 experiment=single_stage_stanford model.net.backbone=resnet50 model.net.channels=256 \
     model.pretrain_epochs=3 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}"
   # The chain in one command (README): VGG16-BN classifier -> Grad-CAM + saliency pseudo labels -> DeepLab.
+  # Stanford has no saliency of its own: the saliency_unsup cache that MaskContrast's run made above.
   train weak_deeplab "$seed" 10 experiment=weak_deeplab_stanford model.net.backbone=resnet50 \
     model.net.head_channels=256 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}" "${ONE[@]}"
   # Full supervision at the same budget (the weak chain's upper bound): DeepLabV3 ResNet-50 OS 8.

@@ -2,7 +2,7 @@
 
     python bench/gpu_tables.py logs/gpu_results_runs --out logs/gpu_results
 
-Reads ``<runs>/<method>/seed=<s>/metrics.json`` (train.py and evaluate.py both write one) and
+Reads ``<runs>/<method>/seed_<s>/metrics.json`` (train.py and evaluate.py both write one) and
 ``<runs>/timings.tsv`` (wall seconds per step); writes ``gpu_results.md`` and ``gpu_results.json``.
 Scores are fractions in the JSON files and percent in the table; ± is the population std (ddof 0),
 the suite's one convention.
@@ -35,9 +35,9 @@ def headline(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def collect(runs: Path) -> dict[str, dict[str, list[float]]]:
-    """{method: {metric: [value per seed]}} from ``runs/<method>/seed=*/metrics.json``."""
+    """{method: {metric: [value per seed]}} from ``runs/<method>/seed_*/metrics.json``."""
     table: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(runs.glob("*/seed=*/metrics.json")):
+    for path in sorted(runs.glob("*/seed_*/metrics.json")):
         for key, value in headline(json.loads(path.read_text())).items():
             table[path.parent.parent.name][key].append(value)
     return table
@@ -50,7 +50,7 @@ def timings(runs: Path) -> dict[str, list[float]]:
     if path.is_file():
         for line in path.read_text().splitlines():
             name, value = line.split("\t")
-            seconds[name.split("/seed=")[0]].append(float(value))
+            seconds[name.split("/seed_")[0]].append(float(value))
     return seconds
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     table, seconds = collect(args.runs), timings(args.runs)
     if not table:
-        raise SystemExit(f"no <method>/seed=<s>/metrics.json under {args.runs}: did bench/gpu_results.sh run?")
+        raise SystemExit(f"no <method>/seed_<s>/metrics.json under {args.runs}: did bench/gpu_results.sh run?")
     text = markdown(table, seconds)
     atomic_write(args.out / "gpu_results.md", text)
     atomic_write(args.out / "gpu_results.json", json.dumps({"metrics": table, "wall_s": seconds}, indent=2))
