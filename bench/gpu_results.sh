@@ -3,6 +3,7 @@
 #
 #   OUT=<folder> bash bench/gpu_results.sh            # GPU run: bf16 autocast (trainer=gpu), <= 10 min on one H200
 #   bash bench/gpu_results.sh --dry-run               # CPU check of the same commands: one batch per method
+#   bash bench/gpu_results.sh [--dry-run] --print     # print the commands, run nothing (tests compose them)
 #
 # Writes into ${OUT:-logs/gpu_results} (at most 8 files, as the device tool brings back):
 #   throughput.md/.json (bench/throughput.py), gpu_results.md/.json (bench/gpu_tables.py), gpu_results.log.
@@ -35,9 +36,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0
-if [[ "${1:-}" == "--dry-run" ]]; then DRY=1; shift; fi
-if [[ $# -gt 0 ]]; then echo "usage: $0 [--dry-run]" >&2; exit 2; fi
+DRY=0 PRINT=0
+for arg in "$@"; do
+  case $arg in
+    --dry-run) DRY=1 ;;
+    --print) PRINT=1 ;;
+    *) echo "usage: $0 [--dry-run] [--print]" >&2; exit 2 ;;
+  esac
+done
 
 export NO_ALBUMENTATIONS_UPDATE=1 WANDB_MODE=disabled PYTHONUNBUFFERED=1 HYDRA_FULL_ERROR=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -48,16 +54,17 @@ if [[ $DRY == 1 ]]; then
 else
   OUT=${OUT:-logs/gpu_results}; RUNS=${RUNS:-logs/gpu_results_runs}
 fi
-if [[ -n "${USGS_DATA_ARCHIVE:-}" ]]; then
+if [[ $PRINT == 0 && -n "${USGS_DATA_ARCHIVE:-}" ]]; then
   mkdir -p "$RUNS/data" && tar xzf "$USGS_DATA_ARCHIVE" -C "$RUNS/data"
   export USGS_DATA_DIR="$PWD/$RUNS/data"
 fi
 DATA_DIR=${USGS_DATA_DIR:-../shared/data}
 SEEDS=${SEEDS:-0}
-mkdir -p "$OUT" "$RUNS"
-LOG="$OUT/gpu_results.log"
-: > "$RUNS/timings.tsv"
-exec > >(tee -a "$LOG") 2>&1
+if [[ $PRINT == 0 ]]; then
+  mkdir -p "$OUT" "$RUNS"
+  : > "$RUNS/timings.tsv"
+  exec > >(tee -a "$OUT/gpu_results.log") 2>&1
+fi
 
 COMMON=(logger=csv "paths.data_dir=$DATA_DIR" "paths.priors_dir=$RUNS/priors")
 if [[ $DRY == 1 ]]; then
@@ -89,6 +96,7 @@ wanted() {  # wanted NAME: not excluded by ONLY
 step() {  # step NAME COMMAND...: run, time, remember the wall seconds
   local name=$1; shift
   wanted "$name" || return 0
+  if [[ $PRINT == 1 ]]; then printf '%q ' "$@"; echo; return 0; fi
   echo "=== $name: $*"
   local start=$SECONDS
   "$@"
@@ -99,7 +107,7 @@ train() {  # train NAME SEED EPOCHS OVERRIDES...: train.py into $RUNS/NAME/seed_
   local name=$1 seed=$2 epochs=$3; shift 3
   wanted "$name" || return 0
   local budget=(trainer.max_epochs="$epochs" trainer.check_val_every_n_epoch="$epochs")
-  rm -rf "${RUNS:?}/$name/seed_$seed"  # a fresh run (a stale prior_model/ would be reused)
+  [[ $PRINT == 1 ]] || rm -rf "${RUNS:?}/$name/seed_$seed"  # a fresh run (a stale prior_model/ would be reused)
   step "$name/seed_$seed" "$PY" train.py "$@" "${COMMON[@]}" "${budget[@]}" "${MODE[@]}" seed="$seed" \
     "hydra.run.dir=$RUNS/$name/seed_$seed"
 }
@@ -140,4 +148,4 @@ for seed in $SEEDS; do
 done
 
 step tables "$PY" bench/gpu_tables.py "$RUNS" --out "$OUT"
-echo "tables: $OUT/gpu_results.md $OUT/throughput.md"
+[[ $PRINT == 1 ]] || echo "tables: $OUT/gpu_results.md $OUT/throughput.md"
