@@ -9,7 +9,8 @@
 #   throughput.md/.json (bench/throughput.py), gpu_results.md/.json (bench/gpu_tables.py), gpu_results.log.
 # Run directories go to ${RUNS:-logs/gpu_results_runs} (dry run: logs/gpu_dry_run), priors to $RUNS/priors.
 # Data: $USGS_DATA_DIR, else ../shared/data; USGS_DATA_ARCHIVE=<file.tar.gz> (a carried copy, see
-# BENCHMARKS.md) is unpacked first. Python: $PYTHON, else .venv/bin/python, else python3.
+# BENCHMARKS.md) is unpacked first. Python: $PYTHON, else .venv/bin/python, else python3;
+# USGS_WHEELS=<folder> installs the carried wheels there first (the device image lacks hydra & co.).
 # ONLY="weak_deeplab supervised" runs those steps alone (names as in the table; throughput and tables always run).
 # SEEDS="0 1 2" repeats every training run per seed (the table then gives mean ± std); default one seed.
 #
@@ -53,6 +54,9 @@ if [[ $DRY == 1 ]]; then
   OUT=${OUT:-logs/gpu_dry_run/tables}; RUNS=${RUNS:-logs/gpu_dry_run}
 else
   OUT=${OUT:-logs/gpu_results}; RUNS=${RUNS:-logs/gpu_results_runs}
+fi
+if [[ $PRINT == 0 && -n "${USGS_WHEELS:-}" ]]; then
+  "$PY" -m pip install --quiet --no-index --find-links "$USGS_WHEELS" "$USGS_WHEELS"/*
 fi
 if [[ $PRINT == 0 && -n "${USGS_DATA_ARCHIVE:-}" ]]; then
   mkdir -p "$RUNS/data" && tar xzf "$USGS_DATA_ARCHIVE" -C "$RUNS/data"
@@ -137,6 +141,8 @@ for seed in $SEEDS; do
     model.pretrain_epochs=3 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}"
   # The chain in one command (README): VGG16-BN classifier -> Grad-CAM + saliency pseudo labels -> DeepLab.
   # Stanford has no saliency of its own: the saliency_unsup cache that MaskContrast's run made above.
+  # Pseudo labels of an earlier classifier at the same checkpoint path would be reused: drop them.
+  if [[ $PRINT == 0 ]] && wanted weak_deeplab; then rm -rf "$RUNS"/priors/stanford/*/cam_saliency-*; fi
   train weak_deeplab "$seed" 10 experiment=weak_deeplab_stanford model.net.backbone=resnet50 \
     model.net.head_channels=256 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}" "${ONE[@]}"
   # Full supervision at the same budget (the weak chain's upper bound): DeepLabV3 ResNet-50 OS 8.
