@@ -70,7 +70,10 @@ if [[ $PRINT == 0 ]]; then
   exec > >(tee -a "$OUT/gpu_results.log") 2>&1
 fi
 
-COMMON=(logger=csv "paths.data_dir=$DATA_DIR" "paths.priors_dir=$RUNS/priors")
+# channels_last weights (usgs.callbacks.ChannelsLast): cuDNN's fast bf16 convolutions; on in the dry
+# run too, so that the CPU run goes through the same memory layout.
+COMMON=(logger=csv "paths.data_dir=$DATA_DIR" "paths.priors_dir=$RUNS/priors"
+        +callbacks.channels_last._target_=usgs.callbacks.ChannelsLast)
 if [[ $DRY == 1 ]]; then
   # One batch of 2 tiny images per stage; a checkpoint is still written (fast_dev_run writes none,
   # and evaluate.py and the weak chain need one). The priors run on whole images (their own sizes).

@@ -62,6 +62,7 @@ def test_every_command_composes(flags, tmp_path):
     for overrides in trains:
         cfg = compose_config("train", overrides, tmp_path)
         check_config(cfg)
+        assert cfg.callbacks.channels_last._target_ == "usgs.callbacks.ChannelsLast"
         if "--dry-run" in flags:  # one batch of a tiny crop on CPU, with a checkpoint for the next steps
             assert cfg.trainer.accelerator == "cpu" and cfg.trainer.limit_train_batches == 1
             assert cfg.trainer.max_epochs == 1 and cfg.data.num_workers == 0 and not cfg.trainer.fast_dev_run
@@ -125,9 +126,11 @@ def test_throughput_runs_every_setting_on_cpu(tmp_path):
     assert (tmp_path / "throughput.json").is_file()
 
 
-def test_channels_last_gives_the_same_embeddings():
+def test_channels_last_callback_gives_the_same_outputs():
     """The layout is a speed choice only: same weights, same input -> the same outputs (eval mode)."""
     import torch
+
+    from usgs.callbacks import ChannelsLast
 
     sys.path.insert(0, str(ROOT / "bench"))
     import throughput
@@ -137,6 +140,7 @@ def test_channels_last_gives_the_same_embeddings():
     image = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         plain = model(image)
-        model = model.to(memory_format=torch.channels_last)
-        last = model(image.contiguous(memory_format=torch.channels_last))
+        ChannelsLast().setup(None, model, "fit")
+        assert model.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+        last = model(image)
     assert torch.allclose(plain, last, atol=1e-4)
