@@ -65,3 +65,14 @@ class StoreConfig(pl.Callback):
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         self.restored_metrics = dict(checkpoint.get("usgs_metrics", {}))
+
+
+class ChannelsLast(pl.Callback):
+    """Keeps the model's 4-D weights channels-last (NHWC) from setup on: cuDNN's fast path for bf16
+    convolutions on recent GPUs. Convolutions with NHWC weights return NHWC outputs for NCHW inputs,
+    so batches need no conversion. Same numbers up to float rounding (tests/test_gpu_results.py).
+    Enable with ``+callbacks.channels_last._target_=usgs.callbacks.ChannelsLast``.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.to(memory_format=torch.channels_last)
