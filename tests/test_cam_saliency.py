@@ -110,3 +110,40 @@ def test_bad_shapes_are_reported() -> None:
     image, attention, saliency = _scene()
     with pytest.raises(ValueError, match="len\\(classes\\)"):
         attention_saliency_pseudo_gt(image, attention, [3], saliency)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_attention_maps_are_resized_to_the_image_with_the_chosen_mode(
+        mode: str, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed resizes each map back with F.interpolate(size=(h, w)), i.e. nearest neighbour: a
+    2x2 map on a 32x32 image becomes four constant 16x16 blocks."""
+    import torch
+    from hydra.utils import instantiate
+
+    import usgs.priors.cam_saliency as cs
+
+    grid = np.array([[0.1, 0.9], [0.5, 0.3]], np.float32)
+    seen: dict[str, np.ndarray] = {}
+    monkeypatch.setattr(cs, "attention_saliency_pseudo_gt",
+                        lambda image, maps, classes, saliency, **kw: seen.setdefault("maps", maps)[0] * 0)
+    cfg = make_cfg(["data=shapes", "data.image_size=32", "data.num_train=2", "data.num_val=1", "data.num_test=1"])
+    datamodule = instantiate(cfg.data, prior=None)
+
+    def source(x, labels):  # fixed 2x2 attention for every class, at the 2x2 network input
+        assert tuple(x.shape[-2:]) == (2, 2)
+        return torch.from_numpy(grid).expand(1, labels.shape[1], 2, 2).clone()
+
+    prior = cs.AttentionSaliencyPrior(torch.nn.Identity(), lambda model: source, datamodule, saliency=None,
+                                      crf=None, input_size=[2, 2], attention_resize=mode)
+    image = datamodule.dataset("train", transform=None).load(0)["image"]
+    prior.local([image], [0])
+    maps = seen["maps"]
+    blocks = np.kron(grid, np.ones((16, 16), np.float32))
+    if mode == "nearest":
+        assert all(np.array_equal(m, blocks) for m in maps)
+    else:  # bilinear blends the blocks: values strictly between the grid's near the centre
+        assert not np.array_equal(maps[0], blocks)
+        assert 0.1 < maps[0][8, 15] < 0.9 and np.isclose(maps[0][0, 0], 0.1)
+    with pytest.raises(ValueError, match="attention_resize"):
+        cs.AttentionSaliencyPrior(torch.nn.Identity(), lambda model: source, datamodule, saliency=None,
+                                  attention_resize="cubic")

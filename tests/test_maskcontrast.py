@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from usgs.data.base import SegmentationDataset
+from usgs.data.transforms import normalize
 from usgs.methods.contrastive import (
     PrototypeQueue,
     all_gather_cat,
@@ -160,7 +162,6 @@ def test_transform_draws_independent_key_view() -> None:
     for out in outs:
         assert out["image2"].shape == (3, 24, 24) and out["saliency2"].shape == (24, 24)
         assert 0.01 < foreground_fraction(out["saliency2"].numpy()) < 0.99
-    from usgs.data.transforms import normalize
     # own crops: the key view differs from the query view (in at least one of 5 draws)
     assert any(not torch.equal(normalize(o["image"]), o["image2"]) for o in outs)
     shared = MaskContrastTransform(crop_size=24, scale=(0.2, 0.5), independent_views=False)
@@ -324,3 +325,70 @@ def test_loss_decreases_on_a_fixed_batch() -> None:
         losses.append(loss.item())
     assert losses[-1] < losses[0] - 0.3
 
+
+
+class _SwapImages(SegmentationDataset):
+    """Constant images whose value is their index; only image 1 has foreground (its top half)."""
+
+    def __init__(self, transform, good=(1,), n: int = 3) -> None:
+        super().__init__(num_classes=2, transform=transform)
+        self.ids = [f"img{i}" for i in range(n)]
+        self.good = set(good)
+        self.loaded: list[int] = []
+
+    def load(self, index: int) -> dict[str, np.ndarray]:
+        self.loaded.append(index)
+        sal = np.zeros((8, 8), np.uint8)
+        if index in self.good:
+            sal[:4] = 1  # fraction 0.5 under any flip
+        image = np.full((8, 8, 3), 10 * index, np.uint8)
+        return {"image": image, "saliency": sal, "labels": np.zeros(2, np.float32)}
+
+
+def _identity_crops(**kwargs) -> MaskContrastTransform:
+    # scale 1 + crop = image size: every draw is the whole image (flipped or not), so only the image
+    # decides whether a draw passes the foreground range
+    return MaskContrastTransform(crop_size=8, scale=(1.0, 1.0), resized_crop=False, **kwargs)
+
+
+def test_swap_after_replaces_an_image_that_keeps_failing_like_the_original() -> None:
+    data = _SwapImages(_identity_crops(swap_after=3))
+    draws: list[int] = []
+    transform = data.transform
+    real_draw = transform._draw
+    transform._draw = lambda sample, attempts, keep_last: (  # record (image, attempts) of each call
+        draws.append((int(sample["image"][0, 0, 0]) // 10, attempts)) or real_draw(sample, attempts, keep_last))
+    before = torch.random.get_rng_state()
+    out = data[(0, 1234)]
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's stream is untouched
+    # DatasetKeyQuery: 3 draws of the image itself, then one draw per swapped-in image until one passes
+    assert draws[0] == (0, 3)
+    assert all(attempts == 1 for _, attempts in draws[1:]) and draws[-1][0] == 1
+    assert 1 not in [img for img, _ in draws[1:-1]] and len(draws) >= 2
+    assert out["index"] == 1 and out["name"] == "img1"
+    assert torch.allclose(out["image"], normalize(np.full((8, 8, 3), 10, np.uint8)))
+    assert out["saliency"].float().mean() == 0.5 and out["saliency2"].float().mean() == 0.5
+    first = list(draws)
+    draws.clear()
+    data[(0, 1234)]
+    assert draws == first  # the swap is drawn from the sample's seed: same seed, same images
+    # a passing image is never swapped
+    draws.clear()
+    assert data[(1, 5)]["index"] == 1 and draws == [(1, 3)]
+
+
+def test_without_swap_after_the_crops_are_kept_and_no_image_is_swapped() -> None:
+    data = _SwapImages(_identity_crops(max_attempts=4))
+    out = data[(0, 7)]
+    assert out["index"] == 0 and data.loaded == [0]
+    assert out["saliency"].sum() == 0  # kept although out of range
+
+
+def test_swap_gives_up_with_a_clear_error_when_no_image_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _SwapImages(_identity_crops(swap_after=3), good=())
+    monkeypatch.setattr(_SwapImages, "max_swaps", 5)
+    with pytest.raises(RuntimeError, match="rejected 5 swapped-in images after sample 'img2'"):
+        data[(2, 0)]
+    assert len(data.loaded) == 6
+    with pytest.raises(ValueError, match="swap_after"):
+        _identity_crops(swap_after=0)

@@ -78,3 +78,62 @@ def test_test_crf_refines_the_merged_masks() -> None:
     refined = dense_crf(denormalize(image)[0].numpy(), probs, **WEAK_CRF).argmax(0)
     expected = float((refined == mask[0].numpy()).mean())
     assert float(model.test_metric.compute()["pixel_accuracy"]) == pytest.approx(expected, abs=1e-6)
+
+
+def _stub_masks(calls: list, full: int):
+    """masks_and_scores stand-in: class 0 = the input's marked half (channel 0 > 0) weighted by the
+    input's scale, class 1 = the other half, class 2 = 0.5 everywhere; class 2's score is cut."""
+
+    def stub(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(tuple(x.shape[-2:]))
+        marked = (x[:, :1] > 0).float()
+        masks = torch.cat([marked * (x.shape[-2] / full), 1 - marked, torch.full_like(marked, 0.5)], 1)
+        return masks, torch.tensor([[5.0, 5.0, -5.0]])  # sigmoid(-5) = 0.007 < fp_cut_score 0.3
+
+    return stub
+
+
+def test_inference_masks_merge_scales_and_flips_like_infer_val(monkeypatch) -> None:
+    from usgs.methods.single_stage import InferenceMasks
+
+    model = _model().eval()
+    calls: list = []
+    monkeypatch.setattr(model, "masks_and_scores", _stub_masks(calls, 16))
+    image = torch.zeros(1, 3, 16, 16)
+    image[:, 0, :, :8], image[:, 0, :, 8:] = 1.0, -1.0  # left half marked
+    labels = torch.tensor([[1.0, 0.0, 1.0]])
+    masks = InferenceMasks(model, scales=(1.0, 0.5), flip=True, crf=None)(image, labels)
+    assert calls == [(16, 16), (16, 16), (8, 8), (8, 8)]  # each scale plain and mirrored
+    # columns 0-6 / 9-15 are clear of the bilinear blend at the halves' border (8 -> 16 px upsampling)
+    left, right = masks[0, :, :, :7], masks[0, :, :, 9:]
+    # flipped passes mirrored back: class 0 stays on the left, mean of weights (1, 1, 0.5, 0.5) = 0.75
+    assert torch.allclose(left[0], torch.tensor(0.75)) and torch.allclose(right[0], torch.tensor(0.0))
+    assert torch.allclose(left[1], torch.tensor(0.0)) and torch.allclose(right[1], torch.tensor(1.0))
+    assert (masks[0, 2] == 0).all()  # cut by its score, whatever the image labels say
+    # the authors' TEST.USE_GT_LABELS: the image labels decide instead
+    gt = InferenceMasks(model, scales=(1.0, 0.5), flip=True, crf=None, use_gt_labels=True)(image, labels)
+    assert (gt[0, 1] == 0).all() and torch.allclose(gt[0, 2], torch.tensor(0.5))
+
+
+def test_inference_masks_default_to_the_authors_settings_and_crf(make_cfg) -> None:
+    import pytest
+
+    pytest.importorskip("pydensecrf")
+    from hydra.utils import instantiate
+
+    from usgs.data.transforms import denormalize
+    from usgs.priors.crf import dense_crf
+
+    cfg = make_cfg(["prior=single_stage", "data=shapes"], config_name="make_priors")
+    model = _model().eval()
+    source = instantiate(cfg.prior.attention)(model)
+    assert source.scales == (1.0, 0.5, 1.5, 2.0) and source.flip is True and source.use_gt_labels is False
+    # utils/dcrf.py: 10 iterations, Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10
+    assert source.crf == {"iters": 10, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 80,
+                          "bilateral_srgb": 13, "bilateral_compat": 10}
+    image = torch.randn(1, 3, 24, 24)
+    labels = torch.tensor([[1.0, 1.0, 0.0]])
+    with torch.no_grad():
+        merged = model.infer(image, None, (1.0, 0.5, 1.5, 2.0), True)[0].numpy()
+    expected = dense_crf(denormalize(image)[0].numpy(), merged, **source.crf)
+    assert torch.allclose(source(image, labels)[0], torch.from_numpy(expected), atol=1e-5)

@@ -116,10 +116,38 @@ class SegmentationDataset(Dataset, ABC):
                 )
         return mask.astype(np.uint8, copy=False)
 
+    # Image swaps a transform may ask for in one sample before the dataset gives up (the original
+    # MaskContrast loops forever; a split where no image passes would hang a worker).
+    max_swaps: ClassVar[int] = 1000
+
     def __getitem__(self, item: int | SeededIndex) -> dict[str, Any]:
         """Sample ``item``: an index, or ``(index, seed)`` from the training sampler, in which case
-        the transform draws from a torch generator seeded with ``seed`` and nothing else."""
+        the transform draws from a torch generator seeded with ``seed`` and nothing else.
+
+        A transform that returns None rejects the image (MaskContrast's ``swap_after`` rule): a
+        random other index is drawn from the same generator and offered to its ``redraw``, so the
+        swap is as deterministic as the crops; the sample then carries the swapped-in index."""
         index, seed = item if isinstance(item, tuple) else (item, None)
+        first = index
+        raw = self.load_checked(index)
+        if self.transform is None:
+            return self.to_tensors(index, raw)
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):  # caller's generator untouched
+            if seed is not None:
+                torch.manual_seed(seed)
+            out = self.transform(raw)
+            for _ in range(self.max_swaps):
+                if out is not None:
+                    break
+                index = int(torch.randint(len(self), ()))
+                out = self.transform.redraw(self.load_checked(index))  # type: ignore[attr-defined]
+        if out is None:
+            raise RuntimeError(f"{type(self.transform).__name__} rejected {self.max_swaps} swapped-in "
+                               f"images after {self.describe(first)}")
+        return self.to_tensors(index, out)
+
+    def load_checked(self, index: int) -> dict[str, np.ndarray]:
+        """``load(index)`` validated (image, mask and saliency values), with the cached prior added."""
         raw = self.load(index)
         image = raw["image"]
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -141,13 +169,7 @@ class SegmentationDataset(Dataset, ABC):
                 )
         if self.prior_dir is not None:
             raw["prior"] = self.load_prior(index, image.shape[:2])
-        if self.transform is not None and seed is not None:
-            with torch.random.fork_rng(devices=[]):  # the caller's generator state is left untouched
-                torch.manual_seed(seed)
-                raw = self.transform(raw)
-        elif self.transform is not None:
-            raw = self.transform(raw)
-        return self.to_tensors(index, raw)
+        return raw
 
     def to_tensors(self, index: int, raw: dict[str, np.ndarray]) -> dict[str, Any]:
         """Raw (transformed) arrays -> batch-dict tensors of one sample."""

@@ -51,15 +51,20 @@ class MaskContrastTransform(TrainTransform):
     without it both views share the query's crop. The draw is repeated up to ``max_attempts`` times
     while the foreground fraction of ``saliency_key`` in either view lies outside ``fg_range``
     (0.01, 0.99): such a crop has no object, or no background, to contrast. After the last attempt
-    the crops are kept; the module skips views without foreground. Keep ``color_jitter=0``: the
-    module jitters the two views independently (:class:`PhotometricAugment`).
+    the crops are kept; the module skips views without foreground. With ``swap_after`` set (the
+    original's rule: 3) the transform instead returns None after that many failed draws, and the
+    dataset (:meth:`usgs.data.base.SegmentationDataset.__getitem__`) swaps in a random other image,
+    drawn from the sample's seeded generator, which gets one draw (:meth:`redraw`) before the next
+    swap. Keep ``color_jitter=0``: the module jitters the two views independently
+    (:class:`PhotometricAugment`).
 
     Args:
         crop_size, scale, hflip, color_jitter, resized_crop: as :class:`TrainTransform`.
         saliency_key: raw key of the foreground mask: "saliency" (the dataset's) or "prior" (make_priors).
         fg_range: accepted foreground fraction (exclusive bounds).
-        max_attempts: crop draws before giving up.
+        max_attempts: crop draws before the crops are kept (ignored when ``swap_after`` is set).
         independent_views: draw the key view's crop and flip independently of the query's.
+        swap_after: failed draws of an image before it is swapped for another (None: never swap).
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class MaskContrastTransform(TrainTransform):
         fg_range: tuple[float, float] = (0.01, 0.99),
         max_attempts: int = 10,
         independent_views: bool = True,
+        swap_after: int | None = None,
     ) -> None:
         super().__init__(crop_size, scale, hflip, color_jitter, resized_crop)
         if saliency_key not in MASK_KEYS:
@@ -83,19 +89,35 @@ class MaskContrastTransform(TrainTransform):
         self.fg_range = (float(fg_range[0]), float(fg_range[1]))
         self.max_attempts = max_attempts
         self.independent_views = independent_views
+        if swap_after is not None and swap_after < 1:
+            raise ValueError(f"swap_after must be >= 1 or None, got {swap_after}")
+        self.swap_after = swap_after
 
     def _ok(self, view: dict[str, np.ndarray]) -> bool:
         return self.fg_range[0] < foreground_fraction(view[self.saliency_key]) < self.fg_range[1]
 
-    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+        """Both views of ``sample``; None when ``swap_after`` is set and every draw failed."""
+        if self.swap_after is None:
+            return self._draw(sample, self.max_attempts, keep_last=True)
+        return self._draw(sample, self.swap_after, keep_last=False)
+
+    def redraw(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+        """One draw of a swapped-in image (the original tries it once before the next swap)."""
+        return self._draw(sample, 1, keep_last=False)
+
+    def _draw(self, sample: dict[str, Any], attempts: int, keep_last: bool) -> dict[str, Any] | None:
         if self.saliency_key not in sample:
             raise KeyError(f"MaskContrastTransform: sample has no {self.saliency_key!r} mask (keys: "
                            f"{sorted(sample)}); set saliency_key, or data.prior=saliency_* for 'prior'")
-        for _ in range(self.max_attempts):
+        for _ in range(attempts):
             query = super().__call__(sample)  # re-seeds from torch's RNG: a fresh crop every call
             key = super().__call__(sample) if self.independent_views else query
-            if self._ok(query) and self._ok(key):
+            ok = self._ok(query) and self._ok(key)
+            if ok:
                 break
+        if not ok and not keep_last:
+            return None
         if not self.independent_views:
             return query
         out: dict[str, Any] = dict(query)

@@ -28,7 +28,7 @@ from usgs.methods.gwp import (
 from usgs.nets.backbones import ResNetName, resnet
 from usgs.nets.heads import ASPP, conv_bn_relu
 from usgs.nets.pamr import PAMR
-from usgs.priors.crf import dense_crf
+from usgs.priors.crf import WEAK_CRF, dense_crf
 
 
 class StochasticGate(nn.Module):
@@ -208,31 +208,46 @@ class SingleStage(SegmentationModule):
         return F.interpolate(masks, size=image.shape[-2:], mode="bilinear", align_corners=False), scores
 
     def predict(self, image: Tensor) -> Tensor:
+        return self.infer(image)
+
+    def infer(self, image: Tensor, labels: Tensor | None = None, scales: Sequence[float] | None = None,
+              flip: bool | None = None) -> Tensor:
+        """Class probabilities [B,C,H,W]: masks averaged over ``scales`` x ``flip`` (default: the
+        model's ``test_scales`` / ``test_flip``), classes kept by ``labels`` [B,C] when given (the
+        authors' ``TEST.USE_GT_LABELS``) or else by ``fp_cut_score``, background ^ ``bg_pow``."""
         size = image.shape[-2:]
         masks, scores = [], []
-        for scale in self.test_scales:
+        for scale in self.test_scales if scales is None else scales:
             x = image if scale == 1 else F.interpolate(image, scale_factor=scale, mode="bilinear",
                                                        align_corners=False)
-            for flip in (False, True) if self.test_flip else (False,):
-                m, sc = self.masks_and_scores(x.flip(-1) if flip else x)
+            for flipped in (False, True) if (self.test_flip if flip is None else flip) else (False,):
+                m, sc = self.masks_and_scores(x.flip(-1) if flipped else x)
                 m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)
-                masks.append(m.flip(-1) if flip else m)
+                masks.append(m.flip(-1) if flipped else m)
                 scores.append(sc)
-        best = torch.stack(scores).amax(0)  # the authors: max over scales of sigmoid(score)
-        present = torch.sigmoid(best) > self.fp_cut_score
-        present |= F.one_hot(best.argmax(1), self.num_classes).bool()
+        if labels is None:
+            best = torch.stack(scores).amax(0)  # the authors: max over scales of sigmoid(score)
+            present = torch.sigmoid(best) > self.fp_cut_score
+            present |= F.one_hot(best.argmax(1), self.num_classes).bool()
+        else:
+            present = labels > 0
         merged = torch.stack(masks).mean(0) * self.allowed(present.to(image.dtype))[:, :, None, None]
         if self.background_index is not None and self.bg_pow != 1.0:
             merged[:, self.background_index] = merged[:, self.background_index].pow(self.bg_pow)
         return merged
 
+    @staticmethod
+    def crf_refine(image: Tensor, probs: Tensor, crf: dict[str, float]) -> Tensor:
+        """Dense CRF (:func:`usgs.priors.crf.dense_crf` keywords) on each image's masks [B,C,H,W]."""
+        rgb = denormalize(image).cpu().numpy()
+        masks = probs.float().cpu().numpy()
+        refined = [dense_crf(rgb[b], masks[b], **crf) for b in range(len(rgb))]
+        return torch.from_numpy(np.stack(refined)).to(probs.device)
+
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         prediction = self.predict_full(batch["image"])
         if self.test_crf is not None:
-            rgb = denormalize(batch["image"]).cpu().numpy()
-            probs = prediction.float().cpu().numpy()
-            refined = [dense_crf(rgb[b], probs[b], **self.test_crf) for b in range(len(rgb))]
-            prediction = torch.from_numpy(np.stack(refined)).to(prediction.device)
+            prediction = self.crf_refine(batch["image"], prediction, self.test_crf)
         self.test_metric.update(prediction, batch["mask"])
 
     def param_groups(self) -> list[dict[str, Any]]:
@@ -260,3 +275,28 @@ class RefinedMasks:
         self.model.eval()
         masks = F.softmax(self.model.logits(image), 1)
         return self.model.refine(image, masks, labels)
+
+
+class InferenceMasks:
+    """Attention source for ``prior=single_stage``: the authors' pseudo labels (``infer_val.py``,
+    ``utils/inference_tools.py`` ``MergeMultiScale``), ``(image [B,3,H,W], labels [B,C]) -> [B,C,H,W]``.
+
+    Softmax masks without PAMR averaged over ``scales`` x ``flip`` (:meth:`SingleStage.infer`; the
+    authors' ``TEST.SCALES`` [1, 0.5, 1.5, 2] and ``TEST.FLIP``), classes kept by the model's
+    ``fp_cut_score`` (their ``TEST.USE_GT_LABELS: False``) or by the image's labels
+    (``use_gt_labels``), background ^ the model's ``bg_pow``, then the dense CRF ``crf`` (their
+    ``utils/dcrf.py``: :data:`usgs.priors.crf.WEAK_CRF`; None skips it). Marginals in [0, 1].
+    """
+
+    def __init__(self, model: SingleStage, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                 crf: dict[str, float] | None = WEAK_CRF, use_gt_labels: bool = False) -> None:
+        self.model = model
+        self.scales, self.flip = tuple(scales), flip
+        self.crf = dict(crf) if crf else None
+        self.use_gt_labels = use_gt_labels
+
+    @torch.no_grad()
+    def __call__(self, image: Tensor, labels: Tensor) -> Tensor:
+        self.model.eval()
+        probs = self.model.infer(image, labels if self.use_gt_labels else None, self.scales, self.flip)
+        return probs if self.crf is None else self.model.crf_refine(image, probs, self.crf)

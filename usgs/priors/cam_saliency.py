@@ -203,6 +203,11 @@ class OnlinePseudoLabeler(nn.Module):
         return torch.from_numpy(np.stack(out)).long().to(image.device)
 
 
+# Map resize back to the image: the seed's F.interpolate(size=(h, w)) is nearest; bilinear is smoother.
+_RESIZE_OPTIONS: dict[str, dict[str, Any]] = {
+    "nearest": {"mode": "nearest"}, "bilinear": {"mode": "bilinear", "align_corners": False}}
+
+
 def image_labels(raw: dict[str, np.ndarray], num_classes: int) -> np.ndarray:
     """Class ids present in a raw sample: its ``labels`` if given, else its mask's classes."""
     if "labels" in raw:
@@ -220,7 +225,8 @@ class AttentionSaliencyPrior(MaskPrior):
     ``datamodule.dataset(split)``; saliency from the dataset's own ``saliency`` (``saliency="dataset"``),
     from a cached saliency prior (its name, e.g. ``saliency_unsup``) or none (``None``: attention
     alone, the "CAM only" baseline). ``input_size`` [H,W] resizes images for the network (the maps
-    are resized back; the seed's VGG input is 224x224); ``background_index`` is never given
+    are resized back, with ``attention_resize`` "nearest" as the seed's ``create_network_attention.py``
+    or "bilinear"; the seed's VGG input is 224x224); ``background_index`` is never given
     attention (VOC's background). ``unmatched_label`` and ``fill_label`` default (``None``) to
     ``background_index`` when the data has one (the seed writes background there) and to 255
     (ignore) when it has none.
@@ -232,8 +238,12 @@ class AttentionSaliencyPrior(MaskPrior):
                  unmatched_label: int | None = None, fill_label: int | None = None, isolated: str = "blob",
                  drop_thin_blobs: bool = True, background_index: int | None = None,
                  crf: dict[str, Any] | None = None, input_size: Sequence[int] | None = None,
-                 batch_size: int = 1, postprocess: PostProcess | None = None, seed: int = 0) -> None:
+                 batch_size: int = 1, postprocess: PostProcess | None = None, seed: int = 0,
+                 attention_resize: str = "nearest") -> None:
         super().__init__(batch_size, postprocess, seed)
+        if attention_resize not in _RESIZE_OPTIONS:
+            raise ValueError(f"attention_resize must be one of {sorted(_RESIZE_OPTIONS)}, got {attention_resize!r}")
+        self.resize_options = _RESIZE_OPTIONS[attention_resize]
         model.eval().requires_grad_(False)
         self.attention = attention(model)
         self.dataset = datamodule.dataset(split, transform=None)
@@ -286,7 +296,7 @@ class AttentionSaliencyPrior(MaskPrior):
             labels = torch.zeros(1, self.num_classes)
             labels[0, classes] = 1.0
             maps = self.attention(x, labels)
-            maps = F.interpolate(maps, size=image.shape[:2], mode="bilinear", align_corners=False)[0, classes]
+            maps = F.interpolate(maps, size=image.shape[:2], **self.resize_options)[0, classes]
             pseudo = attention_saliency_pseudo_gt(image, maps.clamp(0, 1).numpy(), classes,
                                                   self.saliency_of(index, raw), crf=self.crf, **self.rules)
             states.append({"pseudo": pseudo})
