@@ -1,7 +1,8 @@
 """Score trained runs (twin students, single networks on a prior) with BOTH cluster matchings.
 
 ``train.py`` logs one matching (``model.matching``); docs/twins.md reports Hungarian and majority-vote
-mIoU side by side, so this re-evaluates each run's ``checkpoints/last.ckpt`` on a split with the
+mIoU side by side (and ``clusters_used``: how many of the K predicted clusters cover at least 1 % of
+the split's pixels), so this re-evaluates each run's ``checkpoints/last.ckpt`` on a split with the
 run's own data config (its evaluation transform) and prints one Markdown table, plus mean ± std over
 runs whose directory names differ only in a trailing ``_s<seed>``.
 
@@ -37,11 +38,14 @@ def score_run(run: Path, split: str) -> dict[str, float]:
     dataset = data.dataset(split, transform=data.eval_transform)
     k = int(cfg.model.get("num_predictions") or data.num_classes)
     metrics = {m: SegmentationMetric(data.num_classes, k, m) for m in MATCHINGS}
+    counts = torch.zeros(k)
     for batch in DataLoader(dataset, batch_size=data.eval_batch_size):
         pred = model.predict(batch["image"]).argmax(1)
+        counts += torch.bincount(pred.flatten(), minlength=k).float()
         for metric in metrics.values():
             metric.update(pred, batch["mask"])
-    out: dict[str, float] = {}
+    # A network that collapses onto a few of the prior's K clusters covers the split with them.
+    out: dict[str, float] = {"clusters_used": float((counts / counts.sum() >= 0.01).sum())}
     for name, metric in metrics.items():
         scores = metric.compute()
         out[f"miou_{name}"] = 100 * float(scores["miou"])
@@ -58,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {run: score_run(run, args.split) for run in args.runs}
-    keys = [f"{q}_{m}" for m in MATCHINGS for q in ("miou", "pixel_accuracy")]
+    keys = [f"{q}_{m}" for m in MATCHINGS for q in ("miou", "pixel_accuracy")] + ["clusters_used"]
     print("| run | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys))
     for run, scores in results.items():
         print(f"| {run.name} | " + " | ".join(f"{scores[k]:.2f}" for k in keys) + " |")
@@ -70,7 +74,7 @@ def main() -> None:
         cells = []
         for k in keys:
             values = [r[k] for r in runs]
-            std = statistics.stdev(values) if len(values) > 1 else 0.0
+            std = statistics.pstdev(values)  # population std, the suite's convention
             cells.append(f"{statistics.mean(values):.2f} ± {std:.2f}")
         print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
 

@@ -46,8 +46,9 @@ def test_holdout_split_is_a_seeded_partition() -> None:
         holdout_split(ids[:2], "train", 0.3, seed=0, test_fraction=0.3)
 
 
-def test_shapes_splits_are_disjoint_images(make_cfg: Callable) -> None:
-    cfg = make_cfg(["data=shapes", "data.num_train=24", "data.num_val=8", "data.num_test=8"])
+@pytest.mark.parametrize("name", ["shapes", "objects"])
+def test_generated_splits_are_disjoint_images(make_cfg: Callable, name: str) -> None:
+    cfg = make_cfg([f"data={name}", "data.num_train=24", "data.num_val=8", "data.num_test=8"])
     dm = instantiate(cfg.data)
     _splits(dm)
     pixels = {s: {dm.dataset(s, None).load(i)["image"].tobytes() for i in range(8)} for s in SPLITS}

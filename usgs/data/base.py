@@ -73,13 +73,18 @@ class SegmentationDataset(Dataset, ABC):
             )
 
     def fingerprint(self) -> dict[str, Any]:
-        """Identity of the split's files for the prior cache: count + sha256 of (path, size, mtime)."""
+        """Identity of the split's files for the prior cache: count + sha256 of (path, size, mtime);
+        for generated data (no files), of the ids and two rendered samples."""
         digest, files = hashlib.sha256(), sorted({f for i in range(len(self.ids)) for f in self.files(i)})
         for name in self.ids:
             digest.update(f"id {name}\n".encode())
         for path in files:
             stat = path.stat()
             digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        if not files and self.ids:  # generated data: two rendered samples stand for the generator
+            for index in sorted({0, len(self.ids) - 1}):
+                for key, value in sorted(self.load(index).items()):
+                    digest.update(key.encode() + np.ascontiguousarray(value).tobytes())
         return {"samples": len(self.ids), "files": len(files), "sha256": digest.hexdigest()}
 
     def __len__(self) -> int:

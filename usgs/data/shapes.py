@@ -32,7 +32,7 @@ _SPLIT_CODE = {"train": 0, "val": 1, "test": 2}
 
 
 @lru_cache(maxsize=8)
-def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+def pixel_grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     return yy, xx
 
@@ -45,9 +45,9 @@ def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=32)
-def _pattern(cls: int, size: int) -> np.ndarray:
+def two_tone_pattern(cls: int, size: int) -> np.ndarray:
     """Boolean two-tone pattern [H,W,1] of a textured class; periods scale with the image (64 px reference)."""
-    yy, xx = _grid(size)
+    yy, xx = pixel_grid(size)
     s = size / 64.0
     if cls == 2:  # wall: bricks 8 x 16 px with 1 px mortar, alternate rows shifted by half a brick
         height, width = 8 * s, 16 * s
@@ -65,24 +65,26 @@ def _pattern(cls: int, size: int) -> np.ndarray:
     return pattern[..., None]
 
 
-def _texture(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
+def class_texture(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
     """Full-image float32 RGB texture [H,W,3] of class ``cls`` in random colours."""
     first, second = _colours(rng)
     if cls == 0:  # sky: smooth gradient in a random direction
-        yy, xx = _grid(size)
+        yy, xx = pixel_grid(size)
         angle = rng.uniform(0, 2 * np.pi)
         t = (((np.cos(angle) * xx + np.sin(angle) * yy) / size + 1.0) / 2.0)[..., None]
         return first * (1 - t) + second * t
     if cls in (1, 6):  # grass: strong luminance noise; cross: solid colour with mild noise
         sigma = 45.0 if cls == 1 else 12.0
         return first + sigma * rng.standard_normal((size, size, 1), dtype=np.float32)
-    return np.where(_pattern(cls, size), second, first)
+    return np.where(two_tone_pattern(cls, size), second, first)
 
 
-def _shape(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
-    """Boolean [H,W] region of one object of class ``cls`` at a random position, scale and rotation."""
-    yy, xx = _grid(size)
-    radius = rng.uniform(0.12, 0.28) * size
+def shape_region(cls: int, rng: np.random.Generator, size: int,
+                 radius_range: tuple[float, float] = (0.12, 0.28)) -> np.ndarray:
+    """Boolean [H,W] region of one object of class ``cls`` at a random position, scale and rotation;
+    its radius is drawn from ``radius_range`` (fractions of the image size)."""
+    yy, xx = pixel_grid(size)
+    radius = rng.uniform(*radius_range) * size
     cy, cx = rng.uniform(0.5 * radius, size - 0.5 * radius, 2)
     theta = rng.uniform(0, 2 * np.pi)
     u = (xx - cx) * np.cos(theta) + (yy - cy) * np.sin(theta)
@@ -102,7 +104,7 @@ def _shape(cls: int, rng: np.random.Generator, size: int) -> np.ndarray:
 
 def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[str, np.ndarray]:
     """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S], ``saliency`` uint8 [S,S]."""
-    yy, xx = _grid(size)
+    yy, xx = pixel_grid(size)
     num_bands = int(rng.integers(2, NUM_STUFF + 1))
     stuff = rng.permutation(NUM_STUFF)[:num_bands]
     band = np.zeros((size, size), dtype=np.int64)
@@ -118,19 +120,24 @@ def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[st
     image = np.zeros((size, size, 3), dtype=np.float32)
     for cls in stuff:
         region = mask == cls
-        image[region] = _texture(int(cls), rng, size)[region]
+        image[region] = class_texture(int(cls), rng, size)[region]
     saliency = np.zeros((size, size), dtype=np.uint8)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(NUM_STUFF, len(CLASS_NAMES)))
-        region = _shape(cls, rng, size)
-        image[region] = _texture(cls, rng, size)[region]
+        region = shape_region(cls, rng, size)
+        image[region] = class_texture(cls, rng, size)[region]
         mask[region] = cls
         saliency[region] = 1
     return {"image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask, "saliency": saliency}
 
 
 class ShapesDataset(SegmentationDataset):
-    """Synthetic textured shapes (see module docstring); ``num_samples`` samples of ``split``."""
+    """Synthetic textured shapes (see module docstring); ``num_samples`` samples of ``split``.
+
+    Subclasses (``usgs.data.objects``) change ``class_names`` and :meth:`render` only.
+    """
+
+    class_names: tuple[str, ...] = CLASS_NAMES
 
     def __init__(
         self,
@@ -148,15 +155,18 @@ class ShapesDataset(SegmentationDataset):
             raise ValueError(
                 f"need image_size >= 16, num_samples >= 0, max_objects >= 1; got {image_size}, {num_samples}, {max_objects}"
             )
-        super().__init__(len(CLASS_NAMES), transform, prior_dir)
+        super().__init__(len(self.class_names), transform, prior_dir)
         self.split, self.image_size, self.seed, self.max_objects = split, image_size, seed, max_objects
         self.ids = [f"{split}_{i:05d}" for i in range(num_samples)]
+
+    def render(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """One raw sample drawn from ``rng``."""
+        return render(rng, self.image_size, self.max_objects)
 
     def load(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} {self.split} samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index])
-        return render(rng, self.image_size, self.max_objects)
+        return self.render(np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index]))
 
 
 class ShapesDataModule(SegmentationDataModule):
@@ -169,6 +179,7 @@ class ShapesDataModule(SegmentationDataModule):
     name = "shapes"
     class_names = CLASS_NAMES
     palette = PALETTE
+    dataset_class: type[ShapesDataset] = ShapesDataset
 
     def __init__(
         self,
@@ -186,6 +197,6 @@ class ShapesDataModule(SegmentationDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def build_dataset(self, split: str, transform: Transform | None, prior_dir: Path | None) -> ShapesDataset:
-        return ShapesDataset(
+        return self.dataset_class(
             split, self.sizes[split], self.image_size, self.data_seed, self.max_objects, transform, prior_dir
         )

@@ -45,7 +45,10 @@ def semantic_scores(
     Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
     ``coverage`` (fraction of ground-truth-labelled pixels the prior labels) says how many that was.
     """
-    metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in ("hungarian", "majority")}
+    # hungarian: one-to-one, most matched pixels; hungarian_iou: one-to-one, largest IoU sum (the
+    # matching of MaskContrast's k-means protocol); majority: many-to-one.
+    matchings = ("hungarian", "hungarian_iou", "majority")
+    metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in matchings}
     labelled = covered = 0
     for pred, target in zip(preds, targets, strict=True):
         t = torch.from_numpy(target.astype(np.int64))[None]

@@ -1,0 +1,236 @@
+"""Test mIoU against training budget on Stanford Background, one method with its baselines.
+
+Every arm of ``METHODS[method]`` is trained at each budget, given as a multiple of the arm's
+experiment budget (the README's: 0.25x, 1x and 4x by default, a 16x span), for each seed, and scored
+once on the test split after training: ``test/miou`` of train.py's own test step (best.ckpt chosen
+on val for methods that learn from labels, last.ckpt for label-free ones), or evaluate.py's k-means
+/ linear-probe protocols on last.ckpt. Budget-independent baselines (a prior, the untrained network)
+are scored once. Finished runs are read back, not redone: an interrupted sweep resumes.
+
+    OMP_NUM_THREADS=2 python bench/budget_curves.py clusternet --budgets 0.25 1 4 --seeds 0 1 2
+    python bench/budget_curves.py clusternet --report-only     # table + plot from the finished runs
+
+Writes ``<out>/<method>/results.json`` and ``docs/budget_<method>.{md,png}`` (mean ± population std
+over the seeds that finished, per budget). Run directories: ``<out>/<method>/<arm>/b<budget>_s<seed>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ("data.num_workers=0", "data.persistent_workers=false", "logger=csv", "callbacks.prediction_overlays=null")
+Budget = Callable[[float], list[str]]
+
+
+def epochs(base: int, val_every: int | None = None) -> Budget:
+    """``base`` epochs times the multiple; under one epoch, a fraction of the batches of one epoch.
+    ``val_every``: the experiment's check_val_every_n_epoch, capped so that short runs validate."""
+    def overrides(multiple: float) -> list[str]:
+        total = base * multiple
+        out = [f"trainer.max_epochs={max(1, round(total))}"]
+        if total < 1:
+            out.append(f"trainer.limit_train_batches={total:g}")
+        if val_every is not None:
+            out.append(f"trainer.check_val_every_n_epoch={max(1, min(val_every, round(total)))}")
+        return out
+    return overrides
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One trained curve (or several, one per score): train.py ``overrides`` at each budget."""
+
+    label: str
+    overrides: tuple[str, ...]
+    budget: Budget
+    scores: tuple[str, ...] = ("test",)  # "test" | "kmeans" | "linear_probe"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A budget-independent reference: one command, one key of the JSON file it writes."""
+
+    label: str
+    argv: tuple[str, ...]
+    result: str  # file in the run directory: metrics.json or report.json
+    key: str
+
+
+@dataclass(frozen=True)
+class Method:
+    arms: tuple[Arm, ...]
+    baselines: tuple[Baseline, ...] = ()
+    setup: tuple[tuple[str, ...], ...] = field(default=())  # commands run once first (prior caches)
+
+
+STANFORD_PRIOR = ("make_priors.py", "data=stanford", "progress=false")
+# The README's twin budget (docs/twins.md): 64 px crops, output stride 16, evaluation at 96x128.
+TWINS_README = ("experiment=twins_stanford", "data.prior=kmeans", "data.train_transform.crop_size=64",
+                "model.net.output_stride=16", "model.net.aspp_rates=[6,12,18]", "data.eval_transform.size=[96,128]",
+                "data.eval_batch_size=16")
+METHODS: dict[str, Method] = {
+    "clusternet": Method(arms=(
+        Arm("ClusterNet", ("experiment=clusternet_stanford",), epochs(4, val_every=4)),
+        Arm("PSPNet", ("experiment=pspnet_stanford",), epochs(4, val_every=4)),
+    )),
+    "twins": Method(
+        arms=(
+            Arm("twin student (mutual)", TWINS_README, epochs(2, val_every=2)),
+            Arm("one network on the prior", (*TWINS_README, "model.teacher_mode=none"), epochs(2, val_every=2)),
+        ),
+        baselines=(Baseline("k-means prior (G=40, majority)", (*STANFORD_PRIOR, "prior=kmeans", "split=test"),
+                            "report.json", "miou_majority"),),
+    ),
+    "maskcontrast": Method(
+        arms=(Arm("MaskContrast", ("experiment=maskcontrast_stanford",), epochs(4), ("kmeans", "linear_probe")),),
+        baselines=(
+            Baseline("random init, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
+                     "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou"),
+            Baseline("k-means prior (G=8, Hungarian)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8", "split=test"),
+                     "report.json", "miou_hungarian"),
+        ),
+        setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
+    ),
+    "weak": Method(arms=(
+        Arm("DeepLab on CAM + saliency pseudo labels", ("experiment=weak_deeplab_stanford",), epochs(4)),
+        Arm("DeepLab, full supervision", ("experiment=weak_deeplab_stanford", "model.gt_fraction=1.0",
+                                          "data.prior=null"), epochs(4)),
+    )),
+}
+EVAL_KEYS = {"kmeans": {"k-means prototypes": "kmeans/prototypes/miou", "k-means pixels": "kmeans/pixels/miou"},
+             "linear_probe": {"linear probe": "linear_probe/miou"}}
+
+
+def run(argv: Sequence[str], log: Path) -> float:
+    """Run ``python argv`` in the repository root (log to ``log``); return the wall seconds."""
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "WANDB_MODE": "disabled"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    print("$ python", " ".join(argv), flush=True)
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - start
+
+
+def _once(argv: Sequence[str], run_dir: Path, result: str) -> dict:
+    """``argv`` with ``hydra.run.dir=run_dir`` unless ``run_dir/result`` exists; that file, read."""
+    path = run_dir / result
+    if not path.is_file():
+        seconds = run([*argv, f"hydra.run.dir={run_dir}"], run_dir.parent / f"{run_dir.name}.log")
+        (run_dir / "wall_seconds.txt").write_text(f"{seconds:.1f}\n")
+    return json.loads(path.read_text())
+
+
+def score_arm(arm: Arm, run_dir: Path, overrides: list[str]) -> dict[str, float]:
+    """Train (or read back) one run and return {series label: test mIoU (fraction)}."""
+    metrics = _once(["train.py", *arm.overrides, *overrides, *COMMON], run_dir, "metrics.json")
+    out: dict[str, float] = {}
+    for score in arm.scores:
+        if score == "test":
+            out[arm.label] = metrics["test/miou"]
+            continue
+        ckpt = run_dir / "checkpoints" / "last.ckpt"
+        result = _once(["evaluate.py", f"task={score}", "split=test", f"ckpt_path={ckpt}", "progress=false"],
+                       run_dir / score, "metrics.json")
+        out.update({f"{arm.label}, {name}": result[key] for name, key in EVAL_KEYS[score].items()})
+    return out
+
+
+def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence[int], out: Path) -> dict:
+    """Every (arm, budget, seed) run and baseline; results as {series: {budget: [per-seed values]}}."""
+    for i, argv in enumerate(method.setup):
+        _once(argv, out / "setup" / str(i), "report.json")
+    series: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, dict[str, list[float]]] = {}
+    for arm in method.arms:
+        for budget in budgets:
+            for seed in seeds:
+                run_dir = out / re.sub(r"[^A-Za-z0-9]+", "_", arm.label).strip("_") / f"b{budget:g}_s{seed}"
+                scores = score_arm(arm, run_dir, [*arm.budget(budget), f"seed={seed}"])
+                for label, value in scores.items():
+                    series.setdefault(label, {}).setdefault(f"{budget:g}", []).append(value)
+                wall = float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else float("nan")
+                seconds.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(wall)
+    baselines = {b.label: _once(b.argv, out / "baselines" / f"b{i}", b.result)[b.key]
+                 for i, b in enumerate(method.baselines)}
+    return {"method": name, "budgets": [f"{b:g}" for b in budgets], "seeds": list(seeds), "series": series,
+            "baselines": baselines, "train_seconds": seconds}
+
+
+def _cell(values: Sequence[float]) -> str:
+    if not values:
+        return "–"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f} (n={len(values)})"
+
+
+def report(results: dict, docs: Path) -> str:
+    """Markdown table (percent, mean ± population std over seeds) and a PNG plot under ``docs``."""
+    budgets = results["budgets"]
+    lines = ["| test mIoU (%) | " + " | ".join(f"{b}x" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for label, by_budget in results["series"].items():
+        lines.append(f"| {label} | " + " | ".join(_cell(by_budget.get(b, [])) for b in budgets) + " |")
+    for label, value in results["baselines"].items():
+        lines.append(f"| {label} (no training budget) | " + " | ".join(f"{100 * value:.1f}" for _ in budgets) + " |")
+    lines += ["", "| train + test seconds per run | " + " | ".join(f"{b}x" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for label, by_budget in results["train_seconds"].items():
+        lines.append(f"| {label} | " + " | ".join(f"{np.mean(by_budget.get(b, [np.nan])):.0f}" for b in budgets) + " |")
+    text = "\n".join(lines) + "\n"
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    x = [float(b) for b in budgets]
+    for label, by_budget in results["series"].items():
+        done = [b for b in budgets if by_budget.get(b)]
+        ax.errorbar([float(b) for b in done], [100 * np.mean(by_budget[b]) for b in done],
+                    yerr=[100 * np.std(by_budget[b]) for b in done], marker="o", capsize=3, label=label)
+    for label, value in results["baselines"].items():
+        ax.axhline(100 * value, linestyle="--", color="grey" if "random" in label else "black", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{b}x" for b in budgets])
+    ax.set_xlabel("training budget (multiple of the experiment's)")
+    ax.set_ylabel("Stanford test mIoU (%)")
+    ax.set_title(f"{results['method']}: mean ± std over seeds {results['seeds']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    docs.mkdir(parents=True, exist_ok=True)
+    fig.savefig(docs / f"budget_{results['method']}.png")
+    plt.close(fig)
+    (docs / f"budget_{results['method']}.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("method", choices=sorted(METHODS))
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.25, 1.0, 4.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "budget")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--report-only", action="store_true", help="table + plot from results.json")
+    args = parser.parse_args(argv)
+    out = args.out / args.method
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+    else:
+        results = measure(args.method, METHODS[args.method], args.budgets, args.seeds, out)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(report(results, args.docs))
+
+
+if __name__ == "__main__":
+    main()

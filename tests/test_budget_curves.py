@@ -1,0 +1,69 @@
+"""bench/budget_curves.py: budgets as overrides, every run once (resumable), the table and the plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, compose_config
+
+spec = importlib.util.spec_from_file_location("budget_curves", ROOT / "bench" / "budget_curves.py")
+assert spec and spec.loader
+budget_curves = importlib.util.module_from_spec(spec)
+sys.modules["budget_curves"] = budget_curves  # dataclasses look their module up there
+spec.loader.exec_module(budget_curves)
+
+
+def test_budgets_scale_the_experiment_epochs() -> None:
+    four = budget_curves.epochs(4, val_every=4)
+    assert four(0.25) == ["trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1"]
+    assert four(4) == ["trainer.max_epochs=16", "trainer.check_val_every_n_epoch=4"]
+    two = budget_curves.epochs(2)
+    assert two(0.25) == ["trainer.max_epochs=1", "trainer.limit_train_batches=0.5"]  # half an epoch
+    assert two(1) == ["trainer.max_epochs=2"]
+
+
+@pytest.mark.parametrize("method", sorted(budget_curves.METHODS))
+def test_every_arm_composes_at_every_budget(method: str, tmp_path: Path) -> None:
+    for arm in budget_curves.METHODS[method].arms:
+        for budget in (0.25, 1.0, 4.0):
+            overrides = [*arm.overrides, *arm.budget(budget), *budget_curves.COMMON]
+            cfg = compose_config("train", overrides, tmp_path)
+            assert cfg.data._target_.endswith("StanfordDataModule")
+            assert cfg.trainer.max_epochs >= 1
+
+
+def _fake_run(calls: list[list[str]]):
+    def run(argv: list[str], log: Path) -> float:
+        calls.append(list(argv))
+        run_dir = Path(next(a for a in argv if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        seed = int(next((a for a in argv if a.startswith("seed=")), "seed=0").split("=")[1])
+        epochs = int(next((a for a in argv if a.startswith("trainer.max_epochs=")), "x=1").split("=")[1])
+        (run_dir / "metrics.json").write_text(json.dumps({"test/miou": 0.01 * epochs + 0.004 * seed}))
+        (run_dir / "report.json").write_text(json.dumps({"miou_majority": 0.2}))
+        return 1.0
+    return run
+
+
+def test_measure_runs_each_job_once_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(budget_curves, "run", _fake_run(calls))
+    method = budget_curves.Method(
+        arms=(budget_curves.Arm("net", ("experiment=x",), budget_curves.epochs(4)),),
+        baselines=(budget_curves.Baseline("prior", ("make_priors.py",), "report.json", "miou_majority"),))
+    results = budget_curves.measure("toy", method, [0.25, 1.0], [0, 1], tmp_path)
+    assert len(calls) == 5  # 2 budgets x 2 seeds + 1 baseline
+    assert results["series"]["net"] == {"0.25": [0.01, 0.014], "1": [0.04, 0.044]}
+    assert results["baselines"] == {"prior": 0.2}
+    budget_curves.measure("toy", method, [0.25, 1.0], [0, 1], tmp_path)
+    assert len(calls) == 5  # finished runs are read back
+    text = budget_curves.report(results, tmp_path / "docs")
+    assert "| net | 1.2 ± 0.2 (n=2) | 4.2 ± 0.2 (n=2) |" in text
+    assert "| prior (no training budget) | 20.0 | 20.0 |" in text
+    assert (tmp_path / "docs" / "budget_toy.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "budget_toy.md").read_text() == text
