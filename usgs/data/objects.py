@@ -31,7 +31,14 @@ import cv2
 import numpy as np
 
 from usgs.data.base import Transform
-from usgs.data.shapes import ShapesDataModule, ShapesDataset, class_texture, pixel_grid, shape_region
+from usgs.data.shapes import (
+    ShapesDataModule,
+    ShapesDataset,
+    class_texture,
+    pixel_grid,
+    shape_region,
+    wavy_bands,
+)
 
 CLASS_NAMES = ("background", "red disc", "lime box", "cyan triangle", "violet cross")
 PALETTE = np.array([[0, 0, 0], [230, 40, 40], [150, 230, 0], [0, 210, 230], [150, 60, 230]], dtype=np.uint8)
@@ -50,13 +57,8 @@ def _hsv_colour(hue: float, saturation: float, value: float) -> np.ndarray:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """Float32 RGB [S,S,3]: wavy bands, each a gradient or fine noise in a random colour, low contrast."""
-    yy, xx = pixel_grid(size)
     num_bands = int(rng.integers(1, 4))
-    band = np.zeros((size, size), dtype=np.int64)
-    for j in range(1, num_bands):
-        height = (j + rng.uniform(-0.25, 0.25)) * size / num_bands
-        wave = rng.uniform(0.02, 0.08) * size * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * xx / size + rng.uniform(0, 7))
-        band += yy > height + wave
+    band = wavy_bands(rng, size, num_bands)
     image = np.zeros((size, size, 3), dtype=np.float32)
     for j in range(num_bands):
         texture = class_texture(int(rng.integers(0, 2)), rng, size)  # shapes' sky gradient / grass noise

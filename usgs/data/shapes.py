@@ -102,20 +102,22 @@ def shape_region(cls: int, rng: np.random.Generator, size: int,
     return ((np.abs(u) <= radius) & (np.abs(v) <= bar)) | ((np.abs(v) <= radius) & (np.abs(u) <= bar))
 
 
-def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[str, np.ndarray]:
-    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S], ``saliency`` uint8 [S,S]."""
+def wavy_bands(rng: np.random.Generator, size: int, num_bands: int) -> np.ndarray:
+    """Band index int64 [S,S] of ``num_bands`` horizontal bands with wavy borders, top to bottom."""
     yy, xx = pixel_grid(size)
-    num_bands = int(rng.integers(2, NUM_STUFF + 1))
-    stuff = rng.permutation(NUM_STUFF)[:num_bands]
     band = np.zeros((size, size), dtype=np.int64)
     for j in range(1, num_bands):
         height = (j + rng.uniform(-0.25, 0.25)) * size / num_bands
-        wave = (
-            rng.uniform(0.02, 0.08)
-            * size
-            * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * xx / size + rng.uniform(0, 7))
-        )
+        wave = rng.uniform(0.02, 0.08) * size * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * xx / size + rng.uniform(0, 7))
         band += yy > height + wave
+    return band
+
+
+def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[str, np.ndarray]:
+    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S], ``saliency`` uint8 [S,S]."""
+    num_bands = int(rng.integers(2, NUM_STUFF + 1))
+    stuff = rng.permutation(NUM_STUFF)[:num_bands]
+    band = wavy_bands(rng, size, num_bands)
     mask = stuff[band].astype(np.uint8)
     image = np.zeros((size, size, 3), dtype=np.float32)
     for cls in stuff:
