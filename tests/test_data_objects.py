@@ -10,7 +10,6 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 
 from usgs.data.objects import CLASS_NAMES, ObjectsDataModule, ObjectsDataset
@@ -77,11 +76,8 @@ def test_colour_kmeans_of_the_pixels_does_not_solve_it() -> None:
     clusters = KMeans(C, n_init=1, random_state=0).fit(pixels[::4]).predict(pixels)
     metric = SegmentationMetric(C, C, "hungarian_iou")
     metric.update(torch.from_numpy(clusters)[None], torch.from_numpy(target.astype(np.int64))[None])
+    # 0.21-0.26 over k-means seeds here; solving it would be near 1, all-background is 0.15.
     assert float(metric.compute()["miou"]) < 0.35
-    confusion = np.zeros((C, C))
-    np.add.at(confusion, (clusters, target), 1)
-    rows, cols = linear_sum_assignment(-confusion)
-    assert confusion[rows, cols].sum() / confusion.sum() < 0.6
 
 
 def test_datamodule_from_yaml_gives_the_batch_contract(make_cfg: Callable[..., DictConfig]) -> None:
