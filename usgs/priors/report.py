@@ -40,7 +40,7 @@ SCORE_KEY = re.compile(r"(^|[/_])(miou|iou|pixel_accuracy|fbeta|precision|recall
 def semantic_scores(
     preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int
 ) -> dict[str, float]:
-    """Hungarian and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
+    """Hungarian (pixel counts and IoU) and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
 
     Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
     ``coverage`` (fraction of ground-truth-labelled pixels the prior labels) says how many that was.
