@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -72,14 +72,46 @@ class Baseline:
     key: str
 
 
+Prepare = Callable[[Path], dict[str, str]]
+
+
 @dataclass(frozen=True)
 class Method:
     arms: tuple[Arm, ...]
     baselines: tuple[Baseline, ...] = ()
     setup: tuple[tuple[str, ...], ...] = field(default=())  # commands run once first (prior caches)
+    # runs once after ``setup`` (given the method's output folder): values of the ``{name}`` fields in
+    # arms' overrides and baselines' argv, e.g. the folder of pseudo labels made by a trained model
+    prepare: Prepare | None = None
+
+
+def half_pretrain(base: int) -> Budget:
+    """``epochs(base)`` for the single-stage model, its mask loss switched on after half the epochs
+    (single_stage_stanford: 2 of 4; 1 epoch: from the start)."""
+    def overrides(multiple: float) -> list[str]:
+        return [*epochs(base)(multiple), f"model.pretrain_epochs={max(1, round(base * multiple)) // 2}"]
+    return overrides
 
 
 STANFORD_PRIOR = ("make_priors.py", "data=stanford", "progress=false")
+CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.layer4", "prior.input_size=[64,80]",
+             "prior.saliency=saliency_unsup")
+
+
+def cam_pseudo_labels(out: Path) -> dict[str, str]:
+    """The weak DeepLab's training targets: Grad-CAM + saliency pseudo labels of the Stanford training
+    split from one classifier (``experiment=classifier_stanford`` as it stands, seed 0, ``best.ckpt``
+    chosen on val). Returns ``pseudo_labels`` (the cache folder, for ``data.prior``) and ``classifier``."""
+    for split in ("train", "test"):  # the test split's saliency: the pseudo-label baseline on test
+        run_once((*STANFORD_PRIOR, "prior=saliency_unsup", f"split={split}"), out / "setup" / f"saliency_unsup_{split}",
+                 "report.json")
+    classifier = out / "setup" / "classifier_s0"
+    run_once(("train.py", "experiment=classifier_stanford", "seed=0", "test=false", *COMMON), classifier, "metrics.json")
+    ckpt = classifier / "checkpoints" / "best.ckpt"
+    prior = run_once((*STANFORD_PRIOR, *CAM_PRIOR, f"prior.checkpoint={ckpt}"), out / "setup" / "cam_saliency",
+                     "report.json")
+    return {"pseudo_labels": prior["folder"], "classifier": str(ckpt)}
+
 # The README's twin budget (docs/twins.md): 64 px crops, output stride 16, evaluation at 96x128.
 TWINS_README = ("experiment=twins_stanford", "data.prior=kmeans", "data.train_transform.crop_size=64",
                 "model.net.output_stride=16", "model.net.aspp_rates=[6,12,18]", "data.eval_transform.size=[96,128]",
@@ -107,10 +139,22 @@ METHODS: dict[str, Method] = {
         ),
         setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
     ),
-    "weak": Method(arms=(
-        Arm("DeepLab on CAM + saliency pseudo labels", ("experiment=weak_deeplab_stanford",), epochs(4)),
-        Arm("DeepLab, full supervision", ("experiment=weak_deeplab_stanford", "model.gt_fraction=1.0",
-                                          "data.prior=null"), epochs(4)),
+    "weak": Method(
+        arms=(
+            Arm("DeepLab on CAM + saliency pseudo labels", ("experiment=weak_deeplab_stanford",
+                                                             "data.prior={pseudo_labels}"), epochs(4)),
+            Arm("DeepLab, full supervision", ("experiment=weak_deeplab_stanford", "model.gt_fraction=1.0",
+                                              "data.prior=null"), epochs(4)),
+        ),
+        # the pseudo labels of the test images (their image-level labels, the same classifier), as
+        # they are (no matching), over the pixels they label
+        baselines=(Baseline("its pseudo labels (labelled pixels)", (*STANFORD_PRIOR, *CAM_PRIOR, "split=test",
+                            "prior.checkpoint={classifier}"), "report.json", "miou_identity"),),
+        prepare=cam_pseudo_labels,
+    ),
+    "single_stage": Method(arms=(
+        Arm("single-stage", ("experiment=single_stage_stanford",), half_pretrain(4)),
+        Arm("classifier Grad-CAM (argmax)", ("experiment=classifier_stanford",), epochs(4)),
     )),
 }
 EVAL_KEYS = {"kmeans": {"k-means prototypes": "kmeans/prototypes/miou", "k-means pixels": "kmeans/pixels/miou"},
@@ -128,7 +172,7 @@ def run(argv: Sequence[str], log: Path) -> float:
     return time.perf_counter() - start
 
 
-def _once(argv: Sequence[str], run_dir: Path, result: str) -> dict:
+def run_once(argv: Sequence[str], run_dir: Path, result: str) -> dict:
     """``argv`` with ``hydra.run.dir=run_dir`` unless ``run_dir/result`` exists; that file, read."""
     path = run_dir / result
     if not path.is_file():
@@ -139,14 +183,14 @@ def _once(argv: Sequence[str], run_dir: Path, result: str) -> dict:
 
 def score_arm(arm: Arm, run_dir: Path, overrides: list[str]) -> dict[str, float]:
     """Train (or read back) one run and return {series label: test mIoU (fraction)}."""
-    metrics = _once(["train.py", *arm.overrides, *overrides, *COMMON], run_dir, "metrics.json")
+    metrics = run_once(["train.py", *arm.overrides, *overrides, *COMMON], run_dir, "metrics.json")
     out: dict[str, float] = {}
     for score in arm.scores:
         if score == "test":
             out[arm.label] = metrics["test/miou"]
             continue
         ckpt = run_dir / "checkpoints" / "last.ckpt"
-        result = _once(["evaluate.py", f"task={score}", "split=test", f"ckpt_path={ckpt}", "progress=false"],
+        result = run_once(["evaluate.py", f"task={score}", "split=test", f"ckpt_path={ckpt}", "progress=false"],
                        run_dir / score, "metrics.json")
         out.update({f"{arm.label}, {name}": result[key] for name, key in EVAL_KEYS[score].items()})
     return out
@@ -155,19 +199,24 @@ def score_arm(arm: Arm, run_dir: Path, overrides: list[str]) -> dict[str, float]
 def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence[int], out: Path) -> dict:
     """Every (arm, budget, seed) run and baseline; results as {series: {budget: [per-seed values]}}."""
     for i, argv in enumerate(method.setup):
-        _once(argv, out / "setup" / str(i), "report.json")
+        run_once(argv, out / "setup" / str(i), "report.json")
+    values = method.prepare(out) if method.prepare else {}
+
+    def fill(argv: Sequence[str]) -> tuple[str, ...]:
+        return tuple(a.format_map(values) if "{" in a else a for a in argv)
     series: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, dict[str, list[float]]] = {}
     for arm in method.arms:
         for budget in budgets:
             for seed in seeds:
                 run_dir = out / re.sub(r"[^A-Za-z0-9]+", "_", arm.label).strip("_") / f"b{budget:g}_s{seed}"
-                scores = score_arm(arm, run_dir, [*arm.budget(budget), f"seed={seed}"])
+                scores = score_arm(replace(arm, overrides=fill(arm.overrides)), run_dir,
+                                   [*arm.budget(budget), f"seed={seed}"])
                 for label, value in scores.items():
                     series.setdefault(label, {}).setdefault(f"{budget:g}", []).append(value)
                 wall = float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else float("nan")
                 seconds.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(wall)
-    baselines = {b.label: _once(b.argv, out / "baselines" / f"b{i}", b.result)[b.key]
+    baselines = {b.label: run_once(fill(b.argv), out / "baselines" / f"b{i}", b.result)[b.key]
                  for i, b in enumerate(method.baselines)}
     return {"method": name, "budgets": [f"{b:g}" for b in budgets], "seeds": list(seeds), "series": series,
             "baselines": baselines, "train_seconds": seconds}

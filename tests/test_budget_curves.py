@@ -25,13 +25,17 @@ def test_budgets_scale_the_experiment_epochs() -> None:
     two = budget_curves.epochs(2)
     assert two(0.25) == ["trainer.max_epochs=1", "trainer.limit_train_batches=0.5"]  # half an epoch
     assert two(1) == ["trainer.max_epochs=2"]
+    single_stage = budget_curves.half_pretrain(4)
+    assert single_stage(4) == ["trainer.max_epochs=16", "model.pretrain_epochs=8"]
+    assert single_stage(0.25) == ["trainer.max_epochs=1", "model.pretrain_epochs=0"]  # mask loss from the start
 
 
 @pytest.mark.parametrize("method", sorted(budget_curves.METHODS))
 def test_every_arm_composes_at_every_budget(method: str, tmp_path: Path) -> None:
+    prepared = {"pseudo_labels": "cam_saliency-0123456789", "classifier": str(tmp_path / "best.ckpt")}
     for arm in budget_curves.METHODS[method].arms:
         for budget in (0.25, 1.0, 4.0):
-            overrides = [*arm.overrides, *arm.budget(budget), *budget_curves.COMMON]
+            overrides = [*(a.format_map(prepared) for a in arm.overrides), *arm.budget(budget), *budget_curves.COMMON]
             cfg = compose_config("train", overrides, tmp_path)
             assert cfg.data._target_.endswith("StanfordDataModule")
             assert cfg.trainer.max_epochs >= 1
@@ -67,3 +71,16 @@ def test_measure_runs_each_job_once_and_reports(tmp_path: Path, monkeypatch: pyt
     assert "| prior (no training budget) | 20.0 | 20.0 |" in text
     assert (tmp_path / "docs" / "budget_toy.png").stat().st_size > 0
     assert (tmp_path / "docs" / "budget_toy.md").read_text() == text
+
+
+def test_prepared_values_reach_arms_and_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(budget_curves, "run", _fake_run(calls))
+    method = budget_curves.Method(
+        arms=(budget_curves.Arm("net", ("experiment=x", "data.prior={labels}"), budget_curves.epochs(4)),),
+        baselines=(budget_curves.Baseline("prior", ("make_priors.py", "prior.checkpoint={ckpt}"), "report.json",
+                                          "miou_majority"),),
+        prepare=lambda out: {"labels": "cam-1", "ckpt": str(out / "c.ckpt")})
+    budget_curves.measure("toy", method, [1.0], [0], tmp_path)
+    assert "data.prior=cam-1" in calls[0] and "experiment=x" in calls[0]
+    assert f"prior.checkpoint={tmp_path / 'c.ckpt'}" in calls[1]

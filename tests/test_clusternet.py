@@ -145,15 +145,18 @@ def test_experiment_clusternet_runs_on_shapes(make_cfg: Callable[..., DictConfig
     assert 0.0 <= metrics["test/miou"] <= 1.0
 
 
-def test_stanford_experiments_differ_only_by_the_spectral_layer(
+def test_stanford_experiments_differ_only_by_the_spectral_layer_and_lr(
     make_cfg: Callable[..., DictConfig],
 ) -> None:
     cluster = make_cfg(["experiment=clusternet_stanford"])
     plain = make_cfg(["experiment=pspnet_stanford"])
     assert cluster.model.net.spectral.num_clusters == 40 and plain.model.net.spectral is None
+    # each lr chosen on val by its own sweep (bench/lr_sweep.py)
+    assert (cluster.model.optimizer.lr, plain.model.optimizer.lr) == (0.1, 0.01)
     cluster.model.net.spectral = None
+    cluster.model.optimizer.lr = plain.model.optimizer.lr
     cluster.tags = plain.tags
-    assert cluster == plain  # same budget, data, optimiser and seed
+    assert cluster == plain  # same budget, data, rest of the optimiser and seed
 
 
 def _cityscapes_overrides(shared_data: Path) -> list[str]:

@@ -152,6 +152,19 @@ def test_semantic_scores_by_hand() -> None:
     # a prior pixel at 255 is excluded and reported through coverage
     s = semantic_scores([np.array([[2, 255, 0, 1]], np.uint8)], [gt], 2, 3)
     assert s["coverage"] == pytest.approx(0.75) and s["miou_majority"] == pytest.approx(1.0)
+    assert "miou_identity" not in s  # cluster ids: only matched scores
+
+
+def test_semantic_scores_of_pseudo_labels_without_matching() -> None:
+    # class ids swapped: matching repairs it, the identity score (what a network trained on them
+    # inherits) does not; 255 stays excluded
+    pred = np.array([[1, 1, 0, 255]], np.uint8)
+    gt = np.array([[0, 0, 1, 1]], np.uint8)
+    s = semantic_scores([pred], [gt], num_classes=2, num_labels=2, class_ids=True)
+    assert s["miou_hungarian"] == pytest.approx(1.0)
+    assert s["miou_identity"] == pytest.approx(0.0) and s["pixel_accuracy_identity"] == pytest.approx(0.0)
+    s = semantic_scores([np.array([[0, 0, 1, 255]], np.uint8)], [gt], 2, 2, class_ids=True)
+    assert s["miou_identity"] == pytest.approx(1.0) and s["coverage"] == pytest.approx(0.75)
 
 
 def test_saliency_scores_by_hand() -> None:

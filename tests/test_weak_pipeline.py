@@ -40,6 +40,8 @@ def test_weak_deeplab_is_one_command_classifier_to_pseudo_labels_to_deeplab(
     assert "usgs.methods.classifier" in (classifier / "config.yaml").read_text()
     report = json.loads((tmp_path / "priors" / "train" / "report.json").read_text())
     assert report["images"] == 8 and 0.0 <= report["coverage"] <= 1.0
+    # pseudo labels are class ids: scored as they are too, never above the best one-to-one matching
+    assert 0.0 <= report["miou_identity"] <= report["miou_hungarian_iou"] + 1e-9
     datamodule = instantiate(weak_cfg.data, prior=None)
     dataset = datamodule.dataset("train", transform=None)
     folder = tmp_path / "priors" / "shapes" / "train" / report["folder"]

@@ -28,6 +28,8 @@ class MaskPrior(ABC):
 
     Class attributes:
         kind: "semantic" (cluster ids 0..num_labels-1) or "saliency" (1 = foreground, 0 = background).
+        class_ids: whether a semantic prior's ids are the dataset's class ids (pseudo labels), scored
+            then also without matching.
         needs_fit: whether ``fit`` must see every image's local state before ``finalize``.
         parallel: whether ``local`` is CPU-bound per-image work worth spreading over processes
             (False for batched torch priors, which use torch's own threads / the GPU).
@@ -39,6 +41,7 @@ class MaskPrior(ABC):
     """
 
     kind: ClassVar[Literal["semantic", "saliency"]] = "semantic"
+    class_ids: ClassVar[bool] = False
     needs_fit: bool = False
     parallel: ClassVar[bool] = False
 

@@ -232,6 +232,8 @@ class AttentionSaliencyPrior(MaskPrior):
     (ignore) when it has none.
     """
 
+    class_ids = True  # pseudo labels: the dataset's class ids, scored also without matching
+
     def __init__(self, model: nn.Module, attention: Callable[[nn.Module], AttentionSource],
                  datamodule: SegmentationDataModule, split: str = "train", saliency: str | None = "dataset",
                  threshold: float = 0.4, min_saliency_fraction: float = 0.01, min_attention_pixels: int = 25,

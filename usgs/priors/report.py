@@ -38,17 +38,22 @@ SCORE_KEY = re.compile(r"(^|[/_])(miou|iou|pixel_accuracy|fbeta|precision|recall
 
 
 def semantic_scores(
-    preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int
+    preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int,
+    class_ids: bool = False,
 ) -> dict[str, float]:
     """Hungarian (pixel counts and IoU) and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
+
+    ``class_ids``: the maps hold the dataset's class ids (pseudo labels), so they are also scored as
+    they are, without matching (``miou_identity``), the score a network trained on them is held to.
 
     Prior pixels left at 255 (e.g. dropped small components) are excluded from the scores, and
     ``coverage`` (fraction of ground-truth-labelled pixels the prior labels) says how many that was.
     """
     # hungarian: one-to-one, most matched pixels; hungarian_iou: one-to-one, largest IoU sum (the
     # matching of MaskContrast's k-means protocol); majority: many-to-one.
-    matchings = ("hungarian", "hungarian_iou", "majority")
-    metrics = {m: SegmentationMetric(num_classes, num_labels, matching=m) for m in matchings}
+    matchings = ("hungarian", "hungarian_iou", "majority") + (("identity",) if class_ids else ())
+    metrics = {m: SegmentationMetric(num_classes, num_labels, matching="none" if m == "identity" else m)
+               for m in matchings}
     labelled = covered = 0
     for pred, target in zip(preds, targets, strict=True):
         t = torch.from_numpy(target.astype(np.int64))[None]
@@ -100,7 +105,7 @@ class MissingGroundTruthError(KeyError):
 
 def score_prior_dir(
     prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int,
-    progress: bool = False,
+    progress: bool = False, class_ids: bool = False,
 ) -> dict[str, float]:
     """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth."""
     key = "mask" if kind == "semantic" else "saliency"
@@ -120,7 +125,7 @@ def score_prior_dir(
         preds.append(pred)
         targets.append(raw[key])
     if kind == "semantic":
-        return semantic_scores(preds, targets, num_classes, num_labels)
+        return semantic_scores(preds, targets, num_classes, num_labels, class_ids=class_ids)
     return saliency_scores(preds, targets)
 
 

@@ -218,7 +218,8 @@ def _scores(out_dir: Path, report: dict[str, Any], dataset: Any, prior: Any, num
             log.info("scores read from %s (the cache is unchanged)", previous)
             return {k: v for k, v in old.items() if k not in report}
     try:
-        return score_prior_dir(out_dir, dataset, prior.kind, num_classes, prior.num_labels, progress=progress)
+        return score_prior_dir(out_dir, dataset, prior.kind, num_classes, prior.num_labels, progress=progress,
+                               class_ids=prior.class_ids)
     except MissingGroundTruthError as err:  # a split without ground truth: the prior is still usable
         log.warning("not scored: %s", err)
         return {}
