@@ -158,7 +158,7 @@ METHODS: dict[str, Method] = {
     )),
 }
 EVAL_KEYS = {"kmeans": {"k-means prototypes": "kmeans/prototypes/miou", "k-means pixels": "kmeans/pixels/miou"},
-             "linear_probe": {"linear probe": "linear_probe/miou"}}
+             "linear_probe": {"linear probe": "linear_probe/linear_probe/miou"}}  # <task>/<variant>/miou
 
 
 def run(argv: Sequence[str], log: Path) -> float:

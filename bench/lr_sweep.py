@@ -65,6 +65,7 @@ SWEEPS: dict[str, Sweep] = {
     "pspnet_stanford": Sweep((0.003, 0.01, 0.03, 0.1)),
     "classifier_stanford": Sweep((0.02, 0.05, 0.1, 0.2, 0.4)),
     "single_stage_stanford": Sweep((0.02, 0.05, 0.1, 0.2)),
+    "single_stage": Sweep((0.003, 0.01, 0.03)),
     "weak_deeplab_stanford": Sweep((0.005, 0.01, 0.02, 0.05, 0.1), prepare=pseudo_label_prior),
     "saliency_weizmann": Sweep((0.003, 0.01, 0.03, 0.1, 0.3)),
     "maskcontrast": Sweep((0.005, 0.01, 0.02, 0.05, 0.1), score="kmeans"),

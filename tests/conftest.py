@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -22,6 +25,19 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 
 # Small and fast on 2 cores: CSV logger only, the built-in synthetic data at 32 px.
 FAST = ["logger=csv", "data.num_workers=0"]
+
+
+def load_bench(name: str) -> ModuleType:
+    """``bench/<name>.py`` as the module ``name`` (bench/ is scripts, not a package), loaded once so
+    every test patches the same module object (bench scripts import each other by that name)."""
+    if name not in sys.modules:
+        if str(ROOT / "bench") not in sys.path:
+            sys.path.insert(0, str(ROOT / "bench"))
+        spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+        assert spec and spec.loader
+        sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up there
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def compose_config(config_name: str, overrides: list[str], run_dir: Path) -> DictConfig:

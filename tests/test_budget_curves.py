@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import compose_config, load_bench
 
-spec = importlib.util.spec_from_file_location("budget_curves", ROOT / "bench" / "budget_curves.py")
-assert spec and spec.loader
-budget_curves = importlib.util.module_from_spec(spec)
-sys.modules["budget_curves"] = budget_curves  # dataclasses look their module up there
-spec.loader.exec_module(budget_curves)
+budget_curves = load_bench("budget_curves")
 
 
 def test_budgets_scale_the_experiment_epochs() -> None:

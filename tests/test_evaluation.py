@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tests.conftest import load_bench
 from usgs.evaluation.clustering import KMeansEvaluation, kmeans_large, pca_whitening, whiten
 from usgs.evaluation.features import FeatureSource, salient_prototypes
 from usgs.evaluation.linear_probe import LinearProbe, fit_linear, sample_pixels
@@ -279,4 +280,10 @@ def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path, capsys) -> None:
     assert "| kmeans | prototypes | 2 |" in (tmp_path / "kmeans" / "metrics.md").read_text()
     cfg = make_cfg([*common, "task=linear_probe", "task.pixels_per_image=50"], config_name="evaluate",
                    run_dir=tmp_path / "probe")
-    assert "linear_probe/linear_probe/miou" in evaluate(cfg)
+    probe = evaluate(cfg)
+    assert "linear_probe/linear_probe/miou" in probe
+    # the keys bench/budget_curves.py reads are the ones written
+    curves = load_bench("budget_curves")
+    assert set(curves.EVAL_KEYS["kmeans"].values()) <= set(saved)
+    assert set(curves.EVAL_KEYS["linear_probe"].values()) <= set(probe)
+

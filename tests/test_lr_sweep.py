@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, compose_config
+from tests.conftest import compose_config, load_bench
 
-sys.path.insert(0, str(ROOT / "bench"))
-spec = importlib.util.spec_from_file_location("lr_sweep", ROOT / "bench" / "lr_sweep.py")
-assert spec and spec.loader
-lr_sweep = importlib.util.module_from_spec(spec)
-sys.modules["lr_sweep"] = lr_sweep  # dataclasses look their module up there
-spec.loader.exec_module(lr_sweep)
+lr_sweep = load_bench("lr_sweep")
 
 
 @pytest.mark.parametrize("experiment", sorted(lr_sweep.SWEEPS))
