@@ -136,6 +136,11 @@ METHODS: dict[str, Method] = {
                      "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou"),
             Baseline("k-means prior (G=8, Hungarian)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8", "split=test"),
                      "report.json", "miou_hungarian"),
+            Baseline("random init, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
+                     "task=linear_probe", "split=test", "progress=false"), "metrics.json",
+                     "linear_probe/linear_probe/miou"),
+            Baseline("random init, k-means pixels", ("evaluate.py", "experiment=maskcontrast_stanford",
+                     "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/pixels/miou"),
         ),
         setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
     ),
@@ -241,20 +246,22 @@ def report(results: dict, docs: Path) -> str:
     for label, by_budget in results["train_seconds"].items():
         lines.append(f"| {label} | " + " | ".join(f"{np.mean(by_budget.get(b, [np.nan])):.0f}" for b in budgets) + " |")
     text = "\n".join(lines) + "\n"
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), dpi=120)
     x = [float(b) for b in budgets]
     for label, by_budget in results["series"].items():
         done = [b for b in budgets if by_budget.get(b)]
         ax.errorbar([float(b) for b in done], [100 * np.mean(by_budget[b]) for b in done],
                     yerr=[100 * np.std(by_budget[b]) for b in done], marker="o", capsize=3, label=label)
-    for label, value in results["baselines"].items():
-        ax.axhline(100 * value, linestyle="--", color="grey" if "random" in label else "black", label=label)
+    styles = ["--", ":", "-.", (0, (5, 1)), (0, (1, 3))]  # several baselines stay apart
+    for i, (label, value) in enumerate(results["baselines"].items()):
+        ax.axhline(100 * value, linestyle=styles[i % len(styles)], color="grey" if "random" in label else "black",
+                   label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(x, [f"{b}x" for b in budgets])
     ax.set_xlabel("training budget (multiple of the experiment's)")
     ax.set_ylabel("Stanford test mIoU (%)")
     ax.set_title(f"{results['method']}: mean ± std over seeds {results['seeds']}")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: never over a curve
     fig.tight_layout()
     docs.mkdir(parents=True, exist_ok=True)
     fig.savefig(docs / f"budget_{results['method']}.png")

@@ -7,7 +7,13 @@ classes, Hungarian-matched to each image's object class, with the confusion matr
 k-means seed. Needs a dataset with one object class per image on a background class 0
 (``data=objects``). ``--random-init`` scores the same network untrained.
 
+``--collapse`` instead asks whether the embedding collapsed, on any dataset and without reading a
+mask: the mean pairwise cosine similarity of the images' prototypes inside the PREDICTED saliency,
+and of the prototypes in the key queue. Near 1 means every image maps to almost one direction. The
+contrastive loss then sits at chance, ln(1 + queue size), whatever the lr.
+
     python bench/maskcontrast_diagnose.py logs/demo/last_run/checkpoints/last.ckpt --split val
+    python bench/maskcontrast_diagnose.py <run>/checkpoints/last.ckpt --collapse
 """
 
 from __future__ import annotations
@@ -66,14 +72,45 @@ def diagnose(ckpt: str, split: str, random_init: bool, seeds: int) -> None:
     print(first)
 
 
+def mean_pairwise_cosine(x: torch.Tensor) -> float:
+    x = F.normalize(x.float(), dim=1)
+    n = len(x)
+    return float(((x @ x.T).sum() - n) / max(1, n * (n - 1)))
+
+
+@torch.no_grad()
+def collapse(ckpt: str, split: str, max_images: int = 64) -> None:
+    cfg, module = load_checkpoint(ckpt)
+    module.eval()
+    data = instantiate(cfg.data, _convert_="all")
+    loader = DataLoader(data.dataset(split, transform=data.eval_transform), batch_size=16)
+    prototypes, seen = [], 0
+    for batch in loader:
+        features, saliency = module.layer_features(batch["image"], "projection")
+        weights = (saliency > 0.5).unsqueeze(1).float()  # [B,1,H,W]
+        keep = weights.sum((1, 2, 3)) > 0  # images with a predicted object
+        prototypes.append(((features * weights).sum((2, 3)) / weights.sum((2, 3)).clamp_min(1))[keep])
+        seen += len(batch["image"])
+        if seen >= max_images:
+            break
+    x = torch.cat(prototypes)
+    print(f"{ckpt}, {split}: mean pairwise cosine of {len(x)} predicted-saliency prototypes "
+          f"{mean_pairwise_cosine(x):.3f}; of the {len(module.queue.queue)} queued key prototypes "
+          f"{mean_pairwise_cosine(module.queue.queue):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt")
     parser.add_argument("--split", default="val")
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--collapse", action="store_true", help="embedding collapse, any dataset, no mask read")
     args = parser.parse_args()
-    diagnose(args.ckpt, args.split, args.random_init, args.seeds)
+    if args.collapse:
+        collapse(args.ckpt, args.split)
+    else:
+        diagnose(args.ckpt, args.split, args.random_init, args.seeds)
 
 
 if __name__ == "__main__":
