@@ -64,12 +64,14 @@ class Arm:
 
 @dataclass(frozen=True)
 class Baseline:
-    """A budget-independent reference: one command, one key of the JSON file it writes."""
+    """A budget-independent reference: one command, one key of the JSON file it writes (``more``: other
+    (label, key) pairs read from the same file, so one evaluation is not run twice)."""
 
     label: str
     argv: tuple[str, ...]
     result: str  # file in the run directory: metrics.json or report.json
     key: str
+    more: tuple[tuple[str, str], ...] = ()
 
 
 Prepare = Callable[[Path], dict[str, str]]
@@ -98,13 +100,17 @@ CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.layer4", "pri
              "prior.saliency=saliency_unsup")
 
 
+def saliency_unsup_train(out: Path) -> None:
+    """The label-free saliency cache of the Stanford training split (``prior=saliency_unsup``)."""
+    run_once((*STANFORD_PRIOR, "prior=saliency_unsup", "split=train"), out / "setup" / "saliency_unsup_train",
+             "report.json")
+
+
 def cam_pseudo_labels(out: Path) -> dict[str, str]:
     """The weak DeepLab's training targets: Grad-CAM + saliency pseudo labels of the Stanford training
     split from one classifier (``experiment=classifier_stanford`` as it stands, seed 0, ``best.ckpt``
     chosen on val). Returns ``pseudo_labels`` (the cache folder, for ``data.prior``) and ``classifier``."""
-    for split in ("train", "test"):  # the test split's saliency: the pseudo-label baseline on test
-        run_once((*STANFORD_PRIOR, "prior=saliency_unsup", f"split={split}"), out / "setup" / f"saliency_unsup_{split}",
-                 "report.json")
+    saliency_unsup_train(out)
     classifier = out / "setup" / "classifier_s0"
     run_once(("train.py", "experiment=classifier_stanford", "seed=0", "test=false", *COMMON), classifier, "metrics.json")
     ckpt = classifier / "checkpoints" / "best.ckpt"
@@ -133,14 +139,13 @@ METHODS: dict[str, Method] = {
         arms=(Arm("MaskContrast", ("experiment=maskcontrast_stanford",), epochs(4), ("kmeans", "linear_probe")),),
         baselines=(
             Baseline("random init, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
-                     "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou"),
+                     "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou",
+                     more=(("random init, k-means pixels", "kmeans/pixels/miou"),)),
             Baseline("k-means prior (G=8, Hungarian)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8", "split=test"),
                      "report.json", "miou_hungarian"),
             Baseline("random init, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=linear_probe", "split=test", "progress=false"), "metrics.json",
                      "linear_probe/linear_probe/miou"),
-            Baseline("random init, k-means pixels", ("evaluate.py", "experiment=maskcontrast_stanford",
-                     "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/pixels/miou"),
         ),
         setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
     ),
@@ -155,6 +160,7 @@ METHODS: dict[str, Method] = {
         # they are (no matching), over the pixels they label
         baselines=(Baseline("its pseudo labels (labelled pixels)", (*STANFORD_PRIOR, *CAM_PRIOR, "split=test",
                             "prior.checkpoint={classifier}"), "report.json", "miou_identity"),),
+        setup=((*STANFORD_PRIOR, "prior=saliency_unsup", "split=test"),),  # the baseline's saliency
         prepare=cam_pseudo_labels,
     ),
     "single_stage": Method(arms=(
@@ -221,8 +227,10 @@ def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence
                     series.setdefault(label, {}).setdefault(f"{budget:g}", []).append(value)
                 wall = float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else float("nan")
                 seconds.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(wall)
-    baselines = {b.label: run_once(fill(b.argv), out / "baselines" / f"b{i}", b.result)[b.key]
-                 for i, b in enumerate(method.baselines)}
+    baselines: dict[str, float] = {}
+    for i, b in enumerate(method.baselines):
+        result = run_once(fill(b.argv), out / "baselines" / f"b{i}", b.result)
+        baselines.update({label: result[key] for label, key in ((b.label, b.key), *b.more)})
     return {"method": name, "budgets": [f"{b:g}" for b in budgets], "seeds": list(seeds), "series": series,
             "baselines": baselines, "train_seconds": seconds}
 

@@ -33,7 +33,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_curves import COMMON, ROOT, STANFORD_PRIOR, cam_pseudo_labels, run_once  # noqa: E402
+from budget_curves import COMMON, ROOT, cam_pseudo_labels, run_once, saliency_unsup_train  # noqa: E402
 
 Prepare = Callable[[Path], list[str]]
 
@@ -55,8 +55,7 @@ def pseudo_label_prior(out: Path) -> list[str]:
 
 def saliency_unsup_cache(out: Path) -> list[str]:
     """MaskContrast-Stanford's label-free saliency (``python make_priors.py prior=saliency_unsup``)."""
-    run_once((*STANFORD_PRIOR, "prior=saliency_unsup", "split=train"), out / "setup" / "saliency_unsup_train",
-             "report.json")
+    saliency_unsup_train(out)
     return []
 
 

@@ -73,8 +73,10 @@ def test_prepared_values_reach_arms_and_baselines(tmp_path: Path, monkeypatch: p
     method = budget_curves.Method(
         arms=(budget_curves.Arm("net", ("experiment=x", "data.prior={labels}"), budget_curves.epochs(4)),),
         baselines=(budget_curves.Baseline("prior", ("make_priors.py", "prior.checkpoint={ckpt}"), "report.json",
-                                          "miou_majority"),),
+                                          "miou_majority", more=(("same run, another key", "miou_majority"),)),),
         prepare=lambda out: {"labels": "cam-1", "ckpt": str(out / "c.ckpt")})
-    budget_curves.measure("toy", method, [1.0], [0], tmp_path)
+    results = budget_curves.measure("toy", method, [1.0], [0], tmp_path)
     assert "data.prior=cam-1" in calls[0] and "experiment=x" in calls[0]
     assert f"prior.checkpoint={tmp_path / 'c.ckpt'}" in calls[1]
+    assert len(calls) == 2  # one baseline command for both of its keys
+    assert results["baselines"] == {"prior": 0.2, "same run, another key": 0.2}
