@@ -17,7 +17,7 @@ from PIL import Image
 from usgs.callbacks import StoreConfig
 from usgs.run.predict import list_images, predict
 from usgs.run.prior_auto import ensure_priors
-from usgs.run.train import resolved_config
+from usgs.run.start import resolved_config
 
 TINY = ["data.image_size=32", "data.num_train=4", "data.num_val=2", "data.num_test=2", "data.batch_size=2",
         "data.eval_batch_size=2"]

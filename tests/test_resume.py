@@ -15,7 +15,8 @@ import torch
 from omegaconf import OmegaConf
 
 from usgs.run.outputs import atomic_write_text
-from usgs.run.train import resolved_config, train
+from usgs.run.start import resolved_config
+from usgs.run.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 3 epochs of 3 batches of 32-px images; supervised DeepLab has random crops/flips and dropout.

@@ -25,8 +25,8 @@ from torch import Tensor
 
 from usgs.evaluation.features import FeatureSource, salient_prototypes
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
-from usgs.methods.dense_outputs import DenseOutputs
 from usgs.metrics import Matching, SegmentationMetric
+from usgs.nets.dense_outputs import DenseOutputs
 from usgs.nets.kmeans import KMeansResult, kmeans
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class KMeansEvaluation:
         pixels: also run the pixel-level variant.
         pixels_per_image: pixels sampled per image to fit the pixel-level k-means.
         iters: k-means iterations.
-        layer: features read (:func:`usgs.methods.dense_outputs.dense_outputs`); "projection" = the
+        layer: features read (:func:`usgs.nets.dense_outputs.dense_outputs`); "projection" = the
             raw embedding, as the original.
         logit_threshold: a pixel is salient when its saliency logit exceeds this (original 0.5;
             0 = probability > 0.5).

@@ -1,6 +1,6 @@
 """Dense outputs of a trained module over a loader, for the evaluation protocols.
 
-How one batch is read (``embed`` or ``predict``) lives in :mod:`usgs.methods.dense_outputs`.
+How one batch is read (``embed`` or ``predict``) lives in :mod:`usgs.nets.dense_outputs`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from usgs.methods.dense_outputs import DenseOutputs, dense_outputs
+from usgs.nets.dense_outputs import DenseOutputs, dense_outputs
 
 
 def _to_cpu(batch: dict[str, Any]) -> dict[str, Any]:

@@ -71,7 +71,7 @@ class LinearProbe:
         weight_decay: L2 penalty of the classifier.
         max_iter: L-BFGS iterations.
         seeds: pixel-sampling seeds; the probe is refit per seed and reported as mean and std.
-        layer: features probed (:func:`usgs.methods.dense_outputs.dense_outputs`): "decoder" (the
+        layer: features probed (:func:`usgs.nets.dense_outputs.dense_outputs`): "decoder" (the
             original's), "embedding" or "projection".
     """
 

@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from usgs.data.transforms import normalize
-from usgs.methods.dense_outputs import dense_outputs
+from usgs.nets.dense_outputs import dense_outputs
 from usgs.nets.kmeans import assign, kmeans
 from usgs.priors.base import MaskPrior, PostProcess, State
 
@@ -141,7 +141,7 @@ class TorchKMeansPrior(MaskPrior):
     their nearest local centre. ``stages=2``: global k-means of all local
     centres (best of ``restarts`` runs, solved as one batch), as in the seed. ``stages=1``: global
     k-means directly on the sampled pixels of all images. ``model``: a trained module whose dense,
-    L2-normalised features (``usgs.methods.dense_outputs``) are appended to colour and
+    L2-normalised features (``usgs.nets.dense_outputs``) are appended to colour and
     position, weighted by ``feature_weight`` (``prior.features_checkpoint=<best.ckpt>``).
     """
 

@@ -25,7 +25,7 @@ from usgs.evaluation.report import markdown_table, save_overlays
 from usgs.priors.crf import MASKCONTRAST_CRF, dense_crf
 from usgs.run.checkpoints import load_checkpoint
 from usgs.run.outputs import atomic_write_text, write_metrics
-from usgs.run.train import start_run
+from usgs.run.start import start_run
 
 log = logging.getLogger(__name__)
 

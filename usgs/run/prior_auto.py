@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from usgs.data.prior_store import find_prior_dir
+from usgs.run.priors import make_priors
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,17 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def ensure_priors(cfg: DictConfig) -> list[Path]:
-    """Make sure the cache of ``cfg.data.prior`` exists for every prior split; returns the folders."""
+# ``train(cfg)`` of usgs.run.train, handed in by its caller: train imports this module, so this
+# module never imports train (no import circle).
+TrainFn = Callable[[DictConfig], object]
+
+
+def ensure_priors(cfg: DictConfig, train_model: TrainFn | None = None) -> list[Path]:
+    """Make sure the cache of ``cfg.data.prior`` exists for every prior split; returns the folders.
+
+    ``train_model`` trains the model a prior is made by (``cam_saliency``, ``single_stage``,
+    ``saliency_sup`` without ``prior.checkpoint``); train.py passes its own ``train``.
+    """
     prior = cfg.data.get("prior")
     if not prior:
         return []
@@ -61,13 +71,12 @@ def ensure_priors(cfg: DictConfig) -> list[Path]:
             log.info("%s", err)
             log.info("prior_auto=true: computing it now with this run's data config: "
                      "python make_priors.py %s data=%s", " ".join(overrides), dataset)
-        folders.append(_make(cfg, data_node, overrides, split))
+        folders.append(_make(cfg, data_node, overrides, split, train_model))
     return folders
 
 
-def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: str) -> Path:
-    from usgs.run.priors import make_priors
-
+def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: str,
+          train_model: TrainFn | None) -> Path:
     pcfg = _compose("make_priors", overrides)
     with open_dict(pcfg):
         pcfg.data = data_node
@@ -76,15 +85,15 @@ def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: s
             "output_dir": str(Path(cfg.paths.output_dir) / "priors" / split),
         })
         if "checkpoint" in pcfg.prior and not pcfg.prior.checkpoint:
-            pcfg.prior.checkpoint = str(_prior_model(cfg, data_node, str(pcfg.prior.train_command)))
+            pcfg.prior.checkpoint = str(_prior_model(cfg, data_node, str(pcfg.prior.train_command),
+                                                      train_model))
     report = make_priors(pcfg)
     return Path(cfg.paths.priors_dir) / report["data"] / split / report["folder"]
 
 
-def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str) -> Path:
+def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str,
+                 train_model: TrainFn | None) -> Path:
     """Checkpoint of the model a prior needs, trained now by its ``train_command`` (once per run)."""
-    from usgs.run.train import train
-
     run_dir = Path(cfg.paths.output_dir) / "prior_model"
     if (ckpt := _checkpoint(run_dir)) is not None:
         return ckpt
@@ -92,6 +101,9 @@ def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str) -> 
     overrides = [*args[args.index("train.py") + 1:], *cfg.get("prior_model_overrides", [])]
     log.info("the prior needs a trained model: %s %s -> %s", train_command,
              " ".join(cfg.get("prior_model_overrides", [])), run_dir)
+    if train_model is None:
+        raise ValueError(f"prior {cfg.data.prior!r} needs a trained model ({train_command}): pass "
+                         "prior.checkpoint=..., or call ensure_priors with train_model=usgs.run.train.train")
     tcfg = _compose("train", overrides)
     with open_dict(tcfg):
         if tcfg.data.get("_target_") == data_node.get("_target_"):  # same dataset: same images and classes
@@ -99,7 +111,7 @@ def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str) -> 
         tcfg.paths = OmegaConf.merge(tcfg.paths, {"output_dir": str(run_dir),
                                                   "priors_dir": str(cfg.paths.priors_dir)})
         tcfg.test = False
-    train(tcfg)
+    train_model(tcfg)
     if (ckpt := _checkpoint(run_dir)) is None:
         raise FileNotFoundError(f"{train_command} wrote no checkpoint into {run_dir}/checkpoints "
                                 "(fast_dev_run saves none: use trainer.limit_train_batches instead)")

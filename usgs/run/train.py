@@ -7,7 +7,6 @@ The checkpoint tested is ``best.ckpt`` (by ``val/miou``) for methods that learn 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -17,44 +16,12 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from usgs.callbacks import StoreConfig
 from usgs.run.checkpoints import checkpoint_to_test, select_callbacks
-from usgs.run.config_checks import check_config
-from usgs.run.outputs import AtomicCheckpointIO, atomic_write_text, flat_metrics, git_sha, write_metrics
+from usgs.run.outputs import AtomicCheckpointIO, flat_metrics, write_metrics
 from usgs.run.prior_auto import ensure_priors
-from usgs.run.resume import check_resumed_config, last_checkpoint
+from usgs.run.resume import last_checkpoint
+from usgs.run.start import config_text, start_run
 
 log = logging.getLogger(__name__)
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The run's config, interpolations resolved, without Hydra's own node."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    container.pop("hydra", None)
-    return container  # type: ignore[return-value]
-
-
-def config_text(config: dict[str, Any], sha: str) -> str:
-    """The resolved config as Markdown for TensorBoard's text tab (indented: a code block)."""
-    body = OmegaConf.to_yaml(OmegaConf.create(config))
-    return f"git {sha}\n\n" + "\n".join("    " + line for line in body.splitlines())
-
-
-def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
-    """Check the config values, seed everything, create the run directory, write ``config.yaml`` and
-    ``git_sha.txt``. With ``resume=true`` the config must match the stored one but for ``trainer.max_epochs``.
-    """
-    check_config(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(int(cfg.seed), workers=True)
-    run_dir = Path(cfg.paths.output_dir)
-    config = resolved_config(cfg)
-    if cfg.get("resume"):
-        check_resumed_config(run_dir, config)
-    sha = git_sha(cfg.paths.get("root_dir"))
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
-    atomic_write_text(run_dir / "git_sha.txt", sha + "\n")
-    log.info("Run directory: %s (git %s)", run_dir, sha)
-    return run_dir, config, sha
 
 
 def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
@@ -77,7 +44,7 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
     run_dir, config, sha = start_run(cfg)
-    ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
+    ensure_priors(cfg, train_model=train)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
