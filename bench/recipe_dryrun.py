@@ -22,6 +22,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -144,7 +145,7 @@ def run_one(name: str, steps: int, max_batch: int | None, device: str, scale: fl
         raise RuntimeError(f"{name}: {len(probe.seconds)} of {steps} steps ran (too few stand-in images?)")
     factor = true_batch / batch
     # timed: the steps after the first, which pays one-off allocations and the counter's dispatch
-    seconds = min(probe.seconds[1:] or probe.seconds)
+    seconds = float(statistics.median(probe.seconds[1:] or probe.seconds))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     peak_gpu = torch.cuda.max_memory_allocated() / 2**30 if device == "gpu" else None
     per_epoch = RECIPES[name][1]
@@ -226,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
             handle.write(json.dumps(result) + "\n")
         print(f"{name}: {result['seconds_per_step']:.1f} s/step, {result['flops_per_step'] / 1e12:.2f} TFLOPs/step, "
               f"{result['peak_rss_gb']:.1f} GiB, {projection(result, args.utilisation):.2f} H200 h", flush=True)
+    markdown = args.out.with_suffix(".md")  # the table of every recipe so far, replaced whole
+    partial = markdown.with_suffix(".md.tmp")
+    partial.write_text(table(list(_done(args.out).values()), args.utilisation) + "\n")
+    partial.replace(markdown)
 
 
 if __name__ == "__main__":
