@@ -186,8 +186,9 @@ RECIPES: dict[str, tuple[str, list[tuple[str, Any, str]]]] = {
         ("model._target_", "usgs.methods.twins.TwinsFinetune", f"{TW} main_pascal_voc.py:110-114"),
         ("data.train_list", "train", f"{TW} main_pascal_voc.py:97"),
         ("data.batch_size", 128, f"{TW} main_pascal_voc.py:30"),
-        ("data.train_transform._target_", "usgs.data.transforms.EvalTransform", f"{TW} main_pascal_voc.py:79"),
-        ("data.train_transform.size", 128, f"{TW} main_pascal_voc.py:36"),
+        ("data.train_transform.resize", True, f"{TW} main_pascal_voc.py:79"),
+        ("data.train_transform.crop_size", 128, f"{TW} main_pascal_voc.py:36"),
+        ("data.train_transform.hflip", False, f"{TW} main_pascal_voc.py:78-89"),
         ("data.eval_transform.size", 128, f"{TW} main_pascal_voc.py:92"),
         ("model.loss._target_", "usgs.methods.losses.DiceLoss", f"{TW} main_pascal_voc.py:34, :51"),
         ("model.optimizer._target_", "torch.optim.Adam", f"{TW} main_pascal_voc.py:126"),
@@ -319,6 +320,8 @@ def test_center_crop_and_vflip_train_transform() -> None:
     assert np.array_equal(out["mask"][2:22], mask[:, 3:27])
     with pytest.raises(ValueError, match="exclude"):
         TrainTransform(crop_size=8, center_crop=True, resized_crop=True)
+    resized = TrainTransform(crop_size=(10, 15), hflip=False, resize=True)({"image": image, "mask": mask})
+    assert resized["mask"].shape == (10, 15) and np.array_equal(resized["mask"], mask[::2, ::2])
 
 
 def test_supervised_loss_module_replaces_cross_entropy() -> None:

@@ -112,6 +112,8 @@ class TrainTransform(_AlbumentationsTransform):
         vflip: vertical flip with probability 0.5 (aerial tiles: the Vaihingen seed flips both ways).
         center_crop: the central crop (padded with ignore where the image is smaller), no scaling:
             ClusterNet's thesis trains on the unaugmented 713 px centre crop.
+        resize: the whole image resized to ``crop_size``, no crop or scaling (the twin seed's
+            ``A.Resize`` for VOC fine-tuning).
     """
 
     def __init__(
@@ -123,15 +125,18 @@ class TrainTransform(_AlbumentationsTransform):
         resized_crop: bool = False,
         vflip: bool = False,
         center_crop: bool = False,
+        resize: bool = False,
     ) -> None:
         height, width = _pair(crop_size)
         low, high = float(scale[0]), float(scale[1])
         if not 0 < low <= high:
             raise ValueError(f"scale must satisfy 0 < low <= high, got {tuple(scale)}")
-        if center_crop and resized_crop:
-            raise ValueError("center_crop and resized_crop exclude each other")
+        if center_crop + resized_crop + resize > 1:
+            raise ValueError("center_crop, resized_crop and resize exclude each other")
         steps: list[A.BasicTransform] = []
-        if center_crop:
+        if resize:
+            steps.append(A.Resize(height=height, width=width))
+        elif center_crop:
             steps += _padded_center_crop(height, width)
         elif resized_crop:
             steps.append(A.RandomResizedCrop(size=(height, width), scale=(low, min(high, 1.0))))
