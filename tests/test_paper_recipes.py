@@ -47,6 +47,8 @@ _MC_SHARED = [
     ("model.augment.jitter", [0.4, 0.4, 0.4, 0.1], f"{MC} pretrain/utils/common_config.py:103"),
     ("model.augment.jitter_p", 0.8, f"{MC} pretrain/utils/common_config.py:104"),
     ("model.augment.gray_p", 0.2, f"{MC} pretrain/utils/common_config.py:105"),
+    ("model.gather_prototypes", False, f"{MC} pretrain/modules/moco/builder.py:165"),
+    ("model.shuffle_bn", True, f"{MC} pretrain/modules/moco/builder.py:78, :106"),
 ]
 _MC_EVAL = [
     ("split", "test", f"{MC} segmentation/utils/common_config.py:107 VOC12(split='val') = our test"),
