@@ -172,7 +172,7 @@ def table(results: list[dict[str, Any]], utilisation: float) -> str:
     for r in results:
         rows.append(f"| {r['recipe']} | {r['device']} | {r['true_batch']} ({r['measured_batch']}) | "
                     f"{r['seconds_per_step']:.1f} | {r['peak_rss_gb']:.1f} | {r['flops_per_step'] / 1e12:.2f} | "
-                    f"{r['total_steps']} | {projection(r, utilisation):.2f} |")
+                    f"{r['total_steps']} | {projection(r, utilisation):.3f} |")
     return "\n".join(rows)
 
 
