@@ -60,3 +60,21 @@ def test_dryrun_measures_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyP
     dryrun.main(["--recipes", name, "--out", str(out)])  # already there: skipped, nothing re-run
     assert len(out.read_text().splitlines()) == 1
     assert name in dryrun.table([result], 0.5)
+
+
+def test_gpu_results_recipes_mode_runs_the_dryrun_at_the_true_batch() -> None:
+    import os
+    import shlex
+    import subprocess
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHON": "python", "OUT": "out", "STEPS": "7"}
+    for flags, expected in (([], ["--device", "gpu", "--steps", "7", "--max-batch", "0"]),
+                            (["--dry-run"], ["--device", "cpu", "--steps", "2", "--max-batch", "2"])):
+        printed = subprocess.run(["bash", "bench/gpu_results.sh", "--recipes", *flags, "--print"], check=True,
+                                 capture_output=True, text=True, env=env, cwd=ROOT).stdout.splitlines()
+        assert len(printed) == 1, printed  # the recipes alone, not the Stanford runs
+        command = shlex.split(printed[0])
+        assert command[1] == "bench/recipe_dryrun.py" and command[2:8] == expected
+        assert command[-2:] == ["--out", "out/recipe_dryrun.jsonl"]
