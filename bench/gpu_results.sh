@@ -4,6 +4,9 @@
 #   OUT=<folder> bash bench/gpu_results.sh            # GPU run: bf16 autocast (trainer=gpu), <= 10 min on one H200
 #   bash bench/gpu_results.sh --dry-run               # CPU check of the same commands: one batch per method
 #   bash bench/gpu_results.sh [--dry-run] --print     # print the commands, run nothing (tests compose them)
+#   OUT=<folder> STEPS=20 bash bench/gpu_results.sh --recipes   # the papers' recipes instead: STEPS optimiser
+#       steps each at the true batch on stand-in data (bench/recipe_dryrun.py --device gpu), s/step, peak
+#       GPU memory, FLOPs, H200 hours -> $OUT/recipe_dryrun.jsonl + .md (--dry-run: 2 CPU steps at batch 2)
 #
 # Writes into ${OUT:-logs/gpu_results} (at most 8 files, as the device tool brings back):
 #   throughput.md/.json (bench/throughput.py), gpu_results.md/.json (bench/gpu_tables.py), gpu_results.log.
@@ -37,12 +40,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DRY=0 PRINT=0
+DRY=0 PRINT=0 RECIPES=0
 for arg in "$@"; do
   case $arg in
     --dry-run) DRY=1 ;;
     --print) PRINT=1 ;;
-    *) echo "usage: $0 [--dry-run] [--print]" >&2; exit 2 ;;
+    --recipes) RECIPES=1 ;;
+    *) echo "usage: $0 [--dry-run] [--print] [--recipes]" >&2; exit 2 ;;
   esac
 done
 
@@ -118,6 +122,14 @@ train() {  # train NAME SEED EPOCHS OVERRIDES...: train.py into $RUNS/NAME/seed_
   step "$name/seed_$seed" "$PY" train.py "$@" "${COMMON[@]}" "${budget[@]}" "${MODE[@]}" seed="$seed" \
     "hydra.run.dir=$RUNS/$name/seed_$seed"
 }
+
+if [[ $RECIPES == 1 ]]; then
+  # conf/experiment/paper/* at their true crop, batch, backbone and output stride, random weights, on
+  # stand-ins in each dataset's real layout (usgs/data/standin.py); one process per recipe, resumable.
+  if [[ $DRY == 1 ]]; then RD=(--device cpu --steps 2 --max-batch 2); else RD=(--device gpu --steps "${STEPS:-20}" --max-batch 0); fi
+  step recipes "$PY" bench/recipe_dryrun.py "${RD[@]}" --out "$OUT/recipe_dryrun.jsonl"
+  exit 0
+fi
 
 step throughput "$PY" bench/throughput.py "${THROUGHPUT[@]}" --out "$OUT"
 

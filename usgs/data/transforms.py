@@ -86,6 +86,15 @@ class _AlbumentationsTransform:
         return result
 
 
+def _padded_center_crop(height: int, width: int) -> list[A.BasicTransform]:
+    """Central ``height`` x ``width`` crop; smaller images padded (image 0, masks ignore) first."""
+    return [
+        A.PadIfNeeded(min_height=height, min_width=width, border_mode=cv2.BORDER_CONSTANT, fill=0,
+                      fill_mask=IGNORE_INDEX),
+        A.CenterCrop(height=height, width=width),
+    ]
+
+
 class TrainTransform(_AlbumentationsTransform):
     """Training augmentation: random scale + random crop (DeepLab recipe) and horizontal flip.
 
@@ -100,6 +109,11 @@ class TrainTransform(_AlbumentationsTransform):
         color_jitter: strength s of ColorJitter(brightness=s, contrast=s, saturation=s, hue=s/4),
             applied with probability 0.8 as in SimCLR/MoCo v2; 0 disables it.
         resized_crop: use RandomResizedCrop instead of scale + pad + crop.
+        vflip: vertical flip with probability 0.5 (aerial tiles: the Vaihingen seed flips both ways).
+        center_crop: the central crop (padded with ignore where the image is smaller), no scaling:
+            ClusterNet's thesis trains on the unaugmented 713 px centre crop.
+        resize: the whole image resized to ``crop_size``, no crop or scaling (the twin seed's
+            ``A.Resize`` for VOC fine-tuning).
     """
 
     def __init__(
@@ -109,13 +123,22 @@ class TrainTransform(_AlbumentationsTransform):
         hflip: bool = True,
         color_jitter: float = 0.0,
         resized_crop: bool = False,
+        vflip: bool = False,
+        center_crop: bool = False,
+        resize: bool = False,
     ) -> None:
         height, width = _pair(crop_size)
         low, high = float(scale[0]), float(scale[1])
         if not 0 < low <= high:
             raise ValueError(f"scale must satisfy 0 < low <= high, got {tuple(scale)}")
+        if center_crop + resized_crop + resize > 1:
+            raise ValueError("center_crop, resized_crop and resize exclude each other")
         steps: list[A.BasicTransform] = []
-        if resized_crop:
+        if resize:
+            steps.append(A.Resize(height=height, width=width))
+        elif center_crop:
+            steps += _padded_center_crop(height, width)
+        elif resized_crop:
             steps.append(A.RandomResizedCrop(size=(height, width), scale=(low, min(high, 1.0))))
         else:
             steps += [
@@ -132,6 +155,8 @@ class TrainTransform(_AlbumentationsTransform):
             ]
         if hflip:
             steps.append(A.HorizontalFlip(p=0.5))
+        if vflip:
+            steps.append(A.VerticalFlip(p=0.5))
         if color_jitter > 0:
             s = float(color_jitter)
             steps.append(A.ColorJitter(brightness=s, contrast=s, saturation=s, hue=min(s / 4, 0.5), p=0.8))
@@ -147,9 +172,12 @@ class EvalTransform(_AlbumentationsTransform):
             shorter side to ``size`` and takes the central ``size`` x ``size`` crop (the PiCIE/STEGO
             evaluation protocol).
         center_crop: see ``size``; needs an int size.
+        crop: after any resize, the central crop of this size, padded with ignore where the image is
+            smaller (ClusterNet's thesis scores the 713 px centre crop of each native-size frame).
     """
 
-    def __init__(self, size: int | tuple[int, int] | None = None, center_crop: bool = False) -> None:
+    def __init__(self, size: int | tuple[int, int] | None = None, center_crop: bool = False,
+                 crop: int | tuple[int, int] | None = None) -> None:
         steps: list[A.BasicTransform] = []
         if size is not None:
             if center_crop:
@@ -161,6 +189,8 @@ class EvalTransform(_AlbumentationsTransform):
                 steps.append(A.Resize(height=height, width=width))
         elif center_crop:
             raise ValueError("center_crop=True needs a size")
+        if crop is not None:
+            steps += _padded_center_crop(*_pair(crop))
         self.identity = not steps
         super().__init__(steps)
 

@@ -148,7 +148,9 @@ class VaihingenDataModule(SegmentationDataModule):
     ``ignore_clutter``, ``train_set`` ("n1" | "n2" | "n1+n2"), ``split_seed`` / ``n1`` / ``n2`` /
     ``n_val``, explicit ``train_tiles`` (N1), ``weak_tiles`` (N2), ``val_tiles``, ``test_tiles`` (area
     numbers; override the seeded split), ``crop_size`` and
-    ``crops_per_tile`` for training, ``tile_size`` for the evaluation grid.
+    ``crops_per_tile`` for training (or ``crops_per_epoch`` crops in all, tiles taken in turn: the
+    seed's loader serves 10,000 crops an epoch, each from a random tile), ``tile_size`` for the
+    evaluation grid.
     """
 
     name = "vaihingen"
@@ -170,6 +172,7 @@ class VaihingenDataModule(SegmentationDataModule):
         test_tiles: list[int] | None = None,
         crop_size: int = 256,
         crops_per_tile: int = 100,
+        crops_per_epoch: int | None = None,
         tile_size: int = 512,
         **kwargs: Any,
     ) -> None:
@@ -186,6 +189,9 @@ class VaihingenDataModule(SegmentationDataModule):
         self.tiles = {key: list(tiles if tiles is not None else split[key]) for key, tiles in given.items()}
         self.gt, self.train_gt, self.ignore_clutter, self.train_set = gt, train_gt or gt, ignore_clutter, train_set
         self.crop_size, self.crops_per_tile, self.tile_size = crop_size, crops_per_tile, tile_size
+        if crops_per_epoch is not None and crops_per_epoch < 1:
+            raise ValueError(f"crops_per_epoch={crops_per_epoch}; expected a positive count or null")
+        self.crops_per_epoch = crops_per_epoch
 
     @property
     def sliding_window(self) -> dict[str, int]:
@@ -221,6 +227,8 @@ class VaihingenDataModule(SegmentationDataModule):
             windows: list[tuple[int, int | None, int | None]] = [
                 (area, None, None) for area, _ in tiles for _ in range(self.crops_per_tile)
             ]
+            if self.crops_per_epoch is not None and tiles:
+                windows = [(tiles[i % len(tiles)][0], None, None) for i in range(self.crops_per_epoch)]
             size = self.crop_size
         else:
             tiles = [(a, True) for a in self.tiles[split]]

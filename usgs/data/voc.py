@@ -40,6 +40,15 @@ CLASS_NAMES = (
 )  # fmt: skip
 ARCHIVE_URL = "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar"
 ARCHIVE_MD5 = "6cd6e144f989b92b3379bac3b3de84fd"
+# Where the saliency folders of the paper recipes (conf/experiment/paper/) come from; none is shipped.
+SALIENCY_SOURCES = (
+    "saliency_supervised_model/ and saliency_unsupervised_model/: MaskContrast's released masks, inside its "
+    "PASCAL_VOC.tgz (Google Drive id 1pxhY5vsLwXuz6UHZVUKhtb7EJdCg2kuH, linked from "
+    "github.com/wvangansbeke/Unsupervised-Semantic-Segmentation); saliency_picanet/: masks you make with the "
+    "image-level WSSS original's PiCANet (src/saliency/create_saliency.py of "
+    "Amsterdam-Internships/Image-Level-Supervised-Semantic-Segmentation), 0/255 per image; or a cached "
+    "saliency prior (data.prior=saliency_unsup)"
+)
 LAYOUT = (
     "<root> = VOCdevkit/VOC2012 with JPEGImages/<id>.jpg, SegmentationClass/<id>.png, "
     "SegmentationClassAug/<id>.png (SBD, for train_aug) and ImageSets/Segmentation/{train_aug,val}.txt"
@@ -188,7 +197,7 @@ class VOCDataModule(SegmentationDataModule):
         if self.saliency_dir is not None:
             saliency = root / self.saliency_dir
             if not saliency.is_dir():
-                raise FileNotFoundError(f"VOC saliency folder missing: {saliency} (one <id>.png per image)")
+                raise FileNotFoundError(f"VOC saliency folder missing: {saliency} (one <id>.png per image). {SALIENCY_SOURCES}")
         return VOCDataset(
             self.split_ids(split),
             root / self.image_dir,

@@ -43,7 +43,8 @@ class SegmentationModule(pl.LightningModule):
 
     def __init__(self, num_classes: int, optimizer: OptimizerFactory | None = None, poly_power: float = 0.9,
                  matching: Matching = "none", num_predictions: int | None = None, ignore_index: int = 255,
-                 sliding_window: Sequence[int] | None = None, class_names: Sequence[str] | None = None) -> None:
+                 sliding_window: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
+                 subset_classes: Sequence[int] | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.optimizer_factory = optimizer
@@ -51,6 +52,11 @@ class SegmentationModule(pl.LightningModule):
         self.ignore_index = ignore_index
         self.sliding_window = tuple(sliding_window) if sliding_window else None
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        # Also logged: test/miou_subset, the mean IoU over these class ids only (the Vaihingen seed
+        # reports 5 classes, clutter dropped, beside our 6-class figure).
+        self.subset_classes = [int(c) for c in subset_classes] if subset_classes else None
+        if self.subset_classes and not all(0 <= c < num_classes for c in self.subset_classes):
+            raise ValueError(f"subset_classes {self.subset_classes} must lie in [0, {num_classes})")
         self.val_metric = SegmentationMetric(num_classes, num_predictions, matching, ignore_index)
         self.test_metric = SegmentationMetric(num_classes, num_predictions, matching, ignore_index)
         self.best_val_miou = 0.0  # checkpointed: a resumed run keeps the best of the epochs before
@@ -111,6 +117,8 @@ class SegmentationModule(pl.LightningModule):
         self.test_metric.reset()
         self.log("test/miou", float(scores["miou"]))
         self.log("test/pixel_accuracy", float(scores["pixel_accuracy"]))
+        if self.subset_classes:
+            self.log("test/miou_subset", float(torch.nanmean(scores["iou"][self.subset_classes])))
         for name, value in zip(self.class_names, scores["iou"].tolist(), strict=False):
             self.log(f"test/iou/{name}", value)
 
