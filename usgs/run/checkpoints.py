@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from usgs.methods.base import SegmentationModule
+from usgs.nets.weights import WeightsFileError, load_file
 
 log = logging.getLogger(__name__)
 
@@ -24,12 +24,19 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModu
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path} (train.py writes <run dir>/checkpoints/last.ckpt, "
                                 "and best.ckpt for methods that learn from labels)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "usgs_config" not in checkpoint:
-        raise ValueError(f"{path} has no 'usgs_config': it was not written by usgs' train.py")
+    checkpoint = load_file(path, "checkpoint")  # weights_only=True: a file from elsewhere runs no code
+    if not isinstance(checkpoint, dict) or "usgs_config" not in checkpoint:
+        keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise WeightsFileError(f"checkpoint {path} has no 'usgs_config' (found {keys}): it was not written by "
+                               "usgs' train.py; backbone weights go to model.net.weights=<file> instead")
     cfg = OmegaConf.create(checkpoint["usgs_config"])
     model = instantiate(cfg.model, _convert_="all")
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsFileError(f"checkpoint {path}: its weights do not fit the {type(model).__name__} its own "
+                               f"config describes ({first}): the file is damaged or was edited") from err
     return cfg, model
 
 
