@@ -7,6 +7,7 @@ The checkpoint tested is ``best.ckpt`` (by ``val/miou``) for methods that learn 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -46,6 +47,8 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
+    # resume=true: the checkpoint is checked (weights_only, a full checkpoint) before anything is written
+    resume = last_checkpoint(Path(cfg.paths.output_dir)) if cfg.get("resume") else None
     run_dir, config, sha = start_run(cfg)
     ensure_priors(cfg, train_model=train)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
@@ -65,7 +68,6 @@ def train(cfg: DictConfig) -> float | None:
         if isinstance(logger, TensorBoardLogger):  # the whole resolved config, readable in TEXT
             logger.experiment.add_text("config", config_text(config, sha), 0)
 
-    resume = last_checkpoint(run_dir) if cfg.get("resume") else None
     # weights_only=True: Lightning's own loads run no code from a checkpoint either
     with torch.serialization.safe_globals(SAFE_GLOBALS):
         if cfg.get("train", True):
