@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -16,6 +16,31 @@ from usgs.methods.base import SegmentationModule
 from usgs.nets.weights import WeightsFileError, load_file
 
 log = logging.getLogger(__name__)
+
+# What a checkpoint's stored config may build (model and data): classes of these packages only. A
+# config naming a function (os.system, usgs.atomic.atomic_write) would run it when instantiated.
+TRUSTED_TARGETS = ("usgs.", "torch.nn.", "torch.optim.")
+
+
+def _check_targets(node: Any, path: Path, where: str) -> None:
+    """Refuse a stored config whose ``_target_`` anywhere under ``node`` is not a trusted class."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            trusted = isinstance(target, str) and target.startswith(TRUSTED_TARGETS)
+            try:
+                trusted = trusted and isinstance(get_class(target), type)
+            except Exception:  # noqa: BLE001 - not importable, or not a class: not trusted either way
+                trusted = False
+            if not trusted:
+                raise WeightsFileError(
+                    f"checkpoint {path}: its config would build {target!r} ({where}._target_), which is not a "
+                    f"class of {', '.join(p.rstrip('.') for p in TRUSTED_TARGETS)}: refused")
+        for key, value in node.items():
+            _check_targets(value, path, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_targets(value, path, f"{where}[{i}]")
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModule]:
@@ -29,6 +54,8 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModu
         keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise WeightsFileError(f"checkpoint {path} has no 'usgs_config' (found {keys}): it was not written by "
                                "usgs' train.py; backbone weights go to model.net.weights=<file> instead")
+    for key in ("model", "data"):  # what evaluate / predict / priors build from the stored config
+        _check_targets(checkpoint["usgs_config"].get(key), path, key)
     cfg = OmegaConf.create(checkpoint["usgs_config"])
     model = instantiate(cfg.model, _convert_="all")
     try:
