@@ -3,12 +3,13 @@ from one (the run config travels inside it)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -17,9 +18,11 @@ from usgs.nets.weights import WeightsFileError, load_file
 
 log = logging.getLogger(__name__)
 
-# What a checkpoint's stored config may build (model and data): classes of these packages only. A
-# config naming a function (os.system, usgs.atomic.atomic_write) would run it when instantiated.
+# What a checkpoint's stored config may build (model and data): classes of these packages, and the
+# network factories of usgs.nets (backbones: resnet, vgg16_bn). Any other function (os.system,
+# usgs.atomic.atomic_write) would run when instantiated, with arguments from the file.
 TRUSTED_TARGETS = ("usgs.", "torch.nn.", "torch.optim.")
+TRUSTED_FUNCTIONS = ("usgs.nets.",)
 
 
 def _check_targets(node: Any, path: Path, where: str) -> None:
@@ -28,14 +31,16 @@ def _check_targets(node: Any, path: Path, where: str) -> None:
         target = node.get("_target_")
         if target is not None:
             trusted = isinstance(target, str) and target.startswith(TRUSTED_TARGETS)
-            try:
-                trusted = trusted and isinstance(get_class(target), type)
-            except Exception:  # noqa: BLE001 - not importable, or not a class: not trusted either way
-                trusted = False
+            if trusted and not target.startswith(TRUSTED_FUNCTIONS):  # imported only under a trusted prefix
+                module, _, name = target.rpartition(".")
+                try:
+                    trusted = isinstance(getattr(importlib.import_module(module), name), type)
+                except (ImportError, AttributeError):
+                    trusted = False
             if not trusted:
                 raise WeightsFileError(
                     f"checkpoint {path}: its config would build {target!r} ({where}._target_), which is not a "
-                    f"class of {', '.join(p.rstrip('.') for p in TRUSTED_TARGETS)}: refused")
+                    f"class of {', '.join(p.rstrip('.') for p in TRUSTED_TARGETS)} (or a usgs.nets factory): refused")
         for key, value in node.items():
             _check_targets(value, path, f"{where}.{key}")
     elif isinstance(node, list):

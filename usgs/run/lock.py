@@ -28,13 +28,19 @@ LOCK_FILE = ".lock"
 _held: dict[Path, int] = {}  # run directory -> descriptor of its locked .lock file (kept open)
 
 
+def _other_rank() -> bool:
+    """A DDP process other than rank 0: Lightning's plain ``ddp`` re-runs the script (same directory)
+    for each further rank; the rank-0 process holds the lock for all of them."""
+    return any(os.environ.get(name, "0") not in ("", "0") for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def lock_run_dir(run_dir: str | Path) -> Path:
     """Hold the lock of ``run_dir`` (created if missing) for the rest of this process; the lock file
     holds our PID. Taking a lock this process already holds is a no-op. Returns the lock file."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK_FILE
     key = run_dir.resolve()
-    if key in _held:
+    if key in _held or _other_rank():
         return path
     run_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
