@@ -10,9 +10,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
+from usgs.run.entry import run_entry, user_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@user_errors
 def main(cfg: DictConfig):  # noqa: ANN201 - Optuna reads the returned metric
     from usgs.run.evaluate import evaluate
 
@@ -20,4 +22,4 @@ def main(cfg: DictConfig):  # noqa: ANN201 - Optuna reads the returned metric
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)  # a user error: one line and exit status 2 (traceback with HYDRA_FULL_ERROR=1)

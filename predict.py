@@ -11,9 +11,11 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 import usgs.run.names  # noqa: E402,F401 - the resolver naming run directories
+from usgs.run.entry import run_entry, user_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@user_errors
 def main(cfg: DictConfig) -> None:
     from usgs.run.predict import predict
 
@@ -21,4 +23,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)  # a user error: one line and exit status 2 (traceback with HYDRA_FULL_ERROR=1)

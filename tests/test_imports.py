@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "usgs"
 FLOORS = {"run": 1, "methods": 2, "evaluation": 2, "priors": 2, "callbacks": 2,
-          "nets": 3, "data": 3, "metrics": 3, "visualize": 3, "atomic": 3}
+          "nets": 3, "data": 3, "metrics": 3, "visualize": 3, "atomic": 3, "errors": 3}
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -19,15 +19,20 @@ def _umask() -> int:
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` (text or bytes) to ``path`` atomically, creating its folder."""
+    """Write ``data`` (text or bytes) to ``path`` atomically, creating its folder. A failed write (full
+    disk, read-only folder) raises the ``OSError`` with ``path`` as its file name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from err  # name the file meant, not the temp file
         raise

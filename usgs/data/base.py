@@ -29,6 +29,7 @@ from usgs.data.prior_store import find_prior_dir
 from usgs.data.samplers import SeededEpochSampler, SeededIndex, unpadded_distributed_sampler
 from usgs.data.splits import SPLITS, overlapping_ids
 from usgs.data.transforms import IGNORE_INDEX, MASK_KEYS, normalize
+from usgs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -100,11 +101,11 @@ class SegmentationDataset(Dataset, ABC):
             )
         prior = np.array(Image.open(path))
         if prior.ndim != 2 or prior.dtype != np.uint8:
-            raise ValueError(
+            raise DataError(
                 f"prior {path} must be a single-channel uint8 PNG, got {prior.dtype} {prior.shape}"
             )
         if prior.shape != shape:
-            raise ValueError(
+            raise DataError(
                 f"prior {path} has size {prior.shape} but the image of {self.describe(index)} has {shape}"
             )
         return prior
@@ -115,7 +116,7 @@ class SegmentationDataset(Dataset, ABC):
             values = np.unique(mask)
             bad = values[((values >= self.num_classes) | (values < 0)) & (values != IGNORE_INDEX)]
             if bad.size:
-                raise ValueError(
+                raise DataError(
                     f"{self.describe(index)}: label value(s) {bad.tolist()} out of range; expected "
                     f"0..{self.num_classes - 1} or {IGNORE_INDEX} (ignore)"
                 )
@@ -161,7 +162,7 @@ class SegmentationDataset(Dataset, ABC):
             )
         for key in MASK_KEYS:
             if key in raw and raw[key].shape != image.shape[:2]:
-                raise ValueError(
+                raise DataError(
                     f"{self.describe(index)}: {key} size {raw[key].shape} != image size {image.shape[:2]}"
                 )
         if "mask" in raw:
@@ -169,7 +170,7 @@ class SegmentationDataset(Dataset, ABC):
         if "saliency" in raw and raw["saliency"].max(initial=0) > 1:
             bad = np.setdiff1d(np.unique(raw["saliency"]), [0, 1, IGNORE_INDEX])
             if bad.size:
-                raise ValueError(
+                raise DataError(
                     f"{self.describe(index)}: saliency value(s) {bad.tolist()}; expected 0, 1 or 255"
                 )
         if self.prior_dir is not None:
@@ -238,12 +239,12 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
     ) -> None:
         super().__init__()
         if num_classes != len(self.class_names):
-            raise ValueError(
+            raise ConfigError(
                 f"data {self.name!r}: num_classes={num_classes} but the dataset has "
                 f"{len(self.class_names)} classes {list(self.class_names)}"
             )
         if prior is not None and prior_root is None:
-            raise ValueError(
+            raise ConfigError(
                 f"data {self.name!r}: prior={prior!r} needs prior_root (the priors cache folder)"
             )
         self.root = Path(root) if root is not None else None
@@ -287,7 +288,7 @@ class SegmentationDataModule(pl.LightningDataModule, ABC):
         ``dataset(split, transform=None).load(i)`` gives raw arrays (used by the priors).
         """
         if split not in self.splits:
-            raise ValueError(f"data {self.name!r}: unknown split {split!r}; valid: {list(self.splits)}")
+            raise ConfigError(f"data {self.name!r}: unknown split {split!r}; valid: {list(self.splits)}")
         if transform is _DEFAULT:
             transform = self.train_transform if split == "train" else self.eval_transform
         dataset = self.build_dataset(split, transform, None)

@@ -23,6 +23,7 @@ import numpy as np
 from usgs.data.base import SegmentationDataModule, SegmentationDataset, Transform
 from usgs.data.io import binarise, check_same_size, read_index_png, read_rgb, read_saliency
 from usgs.data.splits import SPLITS, holdout_split, split_sources
+from usgs.errors import DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -156,7 +157,7 @@ class FolderDataModule(SegmentationDataModule):
         for path in sorted(image_dir.iterdir()):
             if path.suffix.lower() in IMAGE_EXTS:
                 if path.stem in paths:  # one id, two pictures: which one is meant is unknowable
-                    raise ValueError(
+                    raise DataError(
                         f"two images with the stem {path.stem!r}: {paths[path.stem]} and {path}; keep one"
                     )
                 paths[path.stem] = path

@@ -26,6 +26,7 @@ from usgs.methods.base import OptimizerFactory, SegmentationModule, split_backbo
 from usgs.methods.ema import cosine_momentum_schedule, ema_update
 from usgs.methods.supervised import SupervisedSegmentation
 from usgs.methods.twin_views import SECOND_VIEW_SUFFIX, align_views
+from usgs.nets.weights import read_state_dict
 
 TeacherMode = Literal["none", "mutual", "ema", "ema_epoch"]
 TEACHER_MODES: tuple[str, ...] = ("none", "mutual", "ema", "ema_epoch")
@@ -219,8 +220,7 @@ def load_twin_student(
             f"twin checkpoint {path} does not exist (model.pretrained=<path to a .ckpt "
             "written by python train.py experiment=twins...>)"
         )
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    state = payload.get("state_dict", payload)
+    state = read_state_dict(path)  # weights_only=True: a file from elsewhere runs no code
     student = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not student:
         raise KeyError(

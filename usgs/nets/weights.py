@@ -13,13 +13,21 @@ have (``fc.``, ``classifier.``, ``head.``) are dropped by name, never silently b
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import pickle
+import re
+import typing
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import DictConfig, ListConfig
+from omegaconf.base import ContainerMetadata, Metadata
+from omegaconf.nodes import AnyNode
 from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
@@ -50,8 +58,46 @@ class LoadReport:
     shape_mismatch: list[str]
 
 
-class WeightsMismatchError(ValueError):
+class WeightsFileError(ValueError):
+    """A weight or checkpoint file that cannot be loaded safely: truncated, not a PyTorch file, or
+    holding objects other than tensors and plain containers (which could run code when unpickled)."""
+
+
+class WeightsMismatchError(WeightsFileError):
     """A weight file whose keys do not match the backbone exactly (``strict=True``)."""
+
+
+# The only types besides tensors and plain containers that ``torch.load(weights_only=True)`` may build
+# from a file: DINO pickles its argparse Namespace; Lightning stores a module's hparams as an OmegaConf
+# DictConfig when they are one (its nodes name typing.Any and the builtin container / key types).
+SAFE_GLOBALS: list[Any] = [argparse.Namespace, DictConfig, ListConfig, ContainerMetadata, Metadata, AnyNode,
+                           typing.Any, dict, list, int, collections.defaultdict]
+
+
+def load_file(path: str | Path, what: str = "weight file", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with :data:`SAFE_GLOBALS`; every failure is a
+    :class:`WeightsFileError` naming the file. ``mmap=True`` reads no tensor data (a cheap check)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if "Weights only load failed" in str(err):  # never unpickle arbitrary objects from a file
+            refused = f"it would build {found.group(1)!r}" if found else str(err).splitlines()[0]
+            raise WeightsFileError(
+                f"{what} {path}: refused, it holds objects other than tensors and plain containers ({refused}; "
+                "torch.load(weights_only=True) refuses them because unpickling them can run code): use a "
+                "file written by usgs' train.py, or a plain state dict (torch.save(model.state_dict(), path))"
+            ) from err
+        failure: Exception = err
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as err:
+        failure = err
+    first = str(failure).splitlines()[0] if str(failure) else type(failure).__name__
+    raise WeightsFileError(f"{what} {path}: cannot be read ({path.stat().st_size} bytes; {first}): it is "
+                           "truncated or not a PyTorch file; copy it again or point to another one") from failure
 
 
 def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> dict[str, Tensor]:
@@ -63,15 +109,9 @@ def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> dict
     if not path.is_file():
         raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file; nothing is "
                                 "downloaded at run time)")
-    # DINO checkpoints pickle their argparse Namespace; allow exactly that, nothing else.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:  # never unpickle arbitrary objects from a weight file
-        raise ValueError(f"{path}: holds objects other than tensors and plain containers, refused by "
-                         f"torch.load(weights_only=True): {str(err).splitlines()[0]}") from err
+    blob = load_file(path)
     if not isinstance(blob, dict):
-        raise ValueError(f"{path}: expected a state dict (mapping of names to tensors), got {type(blob).__name__}")
+        raise WeightsFileError(f"{path}: expected a state dict (mapping of names to tensors), got {type(blob).__name__}")
     if checkpoint_key is not None:
         if not isinstance(blob.get(checkpoint_key), dict):
             nested = [k for k, v in blob.items() if isinstance(v, dict)]

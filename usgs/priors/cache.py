@@ -179,7 +179,9 @@ def compute_prior(
         atomic_write(out_dir / ".fit.npz", fit_from.read_bytes())  # loaded below as a resumed fit
     if (out_dir / MANIFEST).is_file():
         _clean(out_dir)  # a run killed after writing the manifest
-        return json.loads((out_dir / MANIFEST).read_text())
+        manifest = json.loads((out_dir / MANIFEST).read_text())
+        log.info("cache complete: %d of %d images done, nothing to compute (%s)", len(dataset), len(dataset), out_dir)
+        return manifest
     wall = time.perf_counter()
     n, ids = len(dataset), dataset.ids
     fit_file = out_dir / ".fit.npz"
@@ -193,6 +195,10 @@ def compute_prior(
     batches = [range(s, min(n, s + prior.batch_size)) for s in range(0, n, prior.batch_size)]
     todo = [list(b) for b in batches if any(missing(i) for i in b)]
     computed = sum(len(b) for b in todo)
+    done = sum(not missing(i) for i in range(n))
+    if done:
+        stage = "per-image states" if prior.needs_fit and not fitted else "prior maps"
+        log.info("resuming: %d of %d images done (%s in %s)", done, n, stage, out_dir)
     bar = tqdm(total=len(todo), desc=f"{out_dir.name}: per-image", unit="batch", disable=not progress)
     local_seconds = 0.0
     if prior.parallel and workers > 1 and len(todo) > 1:

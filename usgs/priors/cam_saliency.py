@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from usgs.data.base import SegmentationDataModule
 from usgs.data.prior_store import find_prior_dir
 from usgs.data.transforms import normalize
+from usgs.nets.weights import read_state_dict
 from usgs.priors.base import MaskPrior, PostProcess, State
 
 IGNORE = 255
@@ -168,8 +169,7 @@ def load_attention(attention: AttentionSource, checkpoint: str | None) -> Attent
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found: {train_hint}<run>/checkpoints/<name>.ckpt")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    attention.model.load_state_dict(state.get("state_dict", state))
+    attention.model.load_state_dict(read_state_dict(path))  # weights_only=True: runs no code from the file
     attention.model.eval().requires_grad_(False)
     return attention
 

@@ -3,19 +3,49 @@ from one (the run config travels inside it)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
 from usgs.methods.base import SegmentationModule
+from usgs.nets.weights import WeightsFileError, load_file
 
 log = logging.getLogger(__name__)
+
+# What a checkpoint's stored config may build (model and data): classes of these packages, and the
+# network factories of usgs.nets (backbones: resnet, vgg16_bn). Any other function (os.system,
+# usgs.atomic.atomic_write) would run when instantiated, with arguments from the file.
+TRUSTED_TARGETS = ("usgs.", "torch.nn.", "torch.optim.")
+TRUSTED_FUNCTIONS = ("usgs.nets.",)
+
+
+def _check_targets(node: Any, path: Path, where: str) -> None:
+    """Refuse a stored config whose ``_target_`` anywhere under ``node`` is not a trusted class."""
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if target is not None:
+            trusted = isinstance(target, str) and target.startswith(TRUSTED_TARGETS)
+            if trusted and not target.startswith(TRUSTED_FUNCTIONS):  # imported only under a trusted prefix
+                module, _, name = target.rpartition(".")
+                try:
+                    trusted = isinstance(getattr(importlib.import_module(module), name), type)
+                except (ImportError, AttributeError):
+                    trusted = False
+            if not trusted:
+                raise WeightsFileError(
+                    f"checkpoint {path}: its config would build {target!r} ({where}._target_), which is not a "
+                    f"class of {', '.join(p.rstrip('.') for p in TRUSTED_TARGETS)} (or a usgs.nets factory): refused")
+        for key, value in node.items():
+            _check_targets(value, path, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_targets(value, path, f"{where}[{i}]")
 
 
 def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModule]:
@@ -24,12 +54,21 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModu
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint not found: {path} (train.py writes <run dir>/checkpoints/last.ckpt, "
                                 "and best.ckpt for methods that learn from labels)")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    if "usgs_config" not in checkpoint:
-        raise ValueError(f"{path} has no 'usgs_config': it was not written by usgs' train.py")
+    checkpoint = load_file(path, "checkpoint")  # weights_only=True: a file from elsewhere runs no code
+    if not isinstance(checkpoint, dict) or "usgs_config" not in checkpoint:
+        keys = list(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise WeightsFileError(f"checkpoint {path} has no 'usgs_config' (found {keys}): it was not written by "
+                               "usgs' train.py; backbone weights go to model.net.weights=<file> instead")
+    for key in ("model", "data"):  # what evaluate / predict / priors build from the stored config
+        _check_targets(checkpoint["usgs_config"].get(key), path, key)
     cfg = OmegaConf.create(checkpoint["usgs_config"])
     model = instantiate(cfg.model, _convert_="all")
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, KeyError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise WeightsFileError(f"checkpoint {path}: its weights do not fit the {type(model).__name__} its own "
+                               f"config describes ({first}): the file is damaged or was edited") from err
     return cfg, model
 
 

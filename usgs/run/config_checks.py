@@ -8,6 +8,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from usgs.errors import ConfigError
+
 Check = Callable[[Any], bool]
 _ABSENT = object()
 
@@ -37,7 +39,8 @@ BATCHES = "an integer >= 0 (a number of batches) or a float in [0, 1] (a fractio
 # key -> (check, what is allowed); keys absent from a config are not checked.
 RULES: dict[str, tuple[Check, str]] = {
     "seed": (integer(0, optional=True), "an integer >= 0 or null"),
-    "trainer.max_epochs": (integer(-1, optional=True), "an integer >= -1 (-1 = no limit) or null"),
+    "trainer.max_epochs": (integer(-1, optional=True),
+                           "an integer >= -1 (-1 = no limit, with trainer.max_steps set) or null"),
     "trainer.min_epochs": (integer(0, optional=True), "an integer >= 0 or null"),
     "trainer.max_steps": (integer(-1), "an integer >= -1 (-1 = no limit)"),
     "trainer.limit_train_batches": (batches, BATCHES),
@@ -55,12 +58,24 @@ RULES: dict[str, tuple[Check, str]] = {
 }
 
 
+def _unbounded_training(cfg: DictConfig) -> list[str]:
+    """``max_epochs=-1`` without ``max_steps``: the methods' schedules (poly learning rate, EMA momentum)
+    are spread over the run's total steps (``estimated_stepping_batches``), which is then infinite."""
+    epochs = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    steps = OmegaConf.select(cfg, "trainer.max_steps", default=-1)
+    if epochs == -1 and steps == -1:
+        return ["  trainer.max_epochs=-1: no limit needs trainer.max_steps=<N> (the learning-rate and "
+                "momentum schedules are spread over the run's total steps); or set trainer.max_epochs=<N>"]
+    return []
+
+
 def check_config(cfg: DictConfig, rules: dict[str, tuple[Check, str]] = RULES) -> None:
-    """Raise ``ValueError`` listing every ``key=value`` of ``cfg`` that breaks ``rules``."""
+    """Raise :class:`ConfigError` listing every ``key=value`` of ``cfg`` that breaks ``rules``."""
     problems = []
     for key, (check, allowed) in rules.items():
         value = OmegaConf.select(cfg, key, default=_ABSENT)
         if value is not _ABSENT and not check(value):
             problems.append(f"  {key}={value!r}: expected {allowed}")
+    problems += _unbounded_training(cfg)
     if problems:
-        raise ValueError("Invalid config value(s):\n" + "\n".join(problems))
+        raise ConfigError("Invalid config value(s):\n" + "\n".join(problems))

@@ -8,6 +8,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from usgs.errors import ConfigError
+from usgs.nets.weights import WeightsFileError, load_file
+
 log = logging.getLogger(__name__)
 
 # What a resumed run may change: how long it trains, and the switch that says it resumes.
@@ -42,7 +45,7 @@ def check_resumed_config(run_dir: Path, config: dict[str, Any]) -> None:
     blocked = {k: v for k, v in diff.items() if k not in MAY_CHANGE}
     if blocked:
         lines = "\n".join(f"  {key}: {old!r} (stored) -> {new!r} (now)" for key, (old, new) in blocked.items())
-        raise ValueError(
+        raise ConfigError(
             f"resume=true: the config differs from the one the run in {run_dir} was started with "
             f"({path}):\n{lines}\nResume with the stored values (only trainer.max_epochs may change), "
             "or start a new run directory."
@@ -53,10 +56,15 @@ def check_resumed_config(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 def last_checkpoint(run_dir: Path) -> str | None:
-    """``<run_dir>/checkpoints/last.ckpt`` if it exists; otherwise a warning with the path and None."""
+    """``<run_dir>/checkpoints/last.ckpt`` if it exists (checked: loadable with ``weights_only=True``,
+    a full checkpoint); otherwise a warning with the path and None."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
-        log.info("Resuming from %s", last)
+        state = load_file(last, "checkpoint to resume", mmap=True)  # mmap: no tensor data is read
+        if not isinstance(state, dict) or "optimizer_states" not in state or "loops" not in state:
+            raise WeightsFileError(f"checkpoint to resume {last} holds no training state (optimizer, loops): "
+                                   "it is not a last.ckpt of usgs' train.py; start a new run directory")
+        log.info("resuming from epoch %s, step %s (%s)", state.get("epoch"), state.get("global_step"), last)
         return str(last)
     log.warning("resume=true but %s does not exist (the run ended before its first checkpoint, or "
                 "hydra.run.dir is not the old run's directory): starting from scratch", last)

@@ -7,19 +7,23 @@ The checkpoint tested is ``best.ckpt`` (by ``val/miou``) for methods that learn 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from usgs.callbacks import StoreConfig
+from usgs.errors import ConfigError
+from usgs.nets.weights import SAFE_GLOBALS
 from usgs.run.checkpoints import checkpoint_to_test, select_callbacks
 from usgs.run.outputs import AtomicCheckpointIO, flat_metrics, write_metrics
 from usgs.run.prior_auto import ensure_priors
 from usgs.run.resume import last_checkpoint
-from usgs.run.start import config_text, start_run
+from usgs.run.start import check_free_space, config_text, start_run
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +39,7 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
             continue
         if not isinstance(node, DictConfig) or "_target_" not in node:
             given = OmegaConf.to_container(node) if isinstance(node, DictConfig) else node
-            raise ValueError(f"{name}.{key} has no _target_ (got {given!r}); give it one, or set "
+            raise ConfigError(f"{name}.{key} has no _target_ (got {given!r}); give it one, or set "
                              f"{name}.{key}=null to switch it off")
         objects[str(key)] = instantiate(node, _convert_="all")
     return objects
@@ -43,10 +47,15 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
 
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
+    # resume=true: the checkpoint is checked (weights_only, a full checkpoint) before anything is written
+    resume = last_checkpoint(Path(cfg.paths.output_dir)) if cfg.get("resume") else None
     run_dir, config, sha = start_run(cfg)
     ensure_priors(cfg, train_model=train)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
+    # A full checkpoint holds the weights and up to two optimizer moments per weight (Adam; SGD one).
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    check_free_space(run_dir, 3 * weights, "a checkpoint of this model (weights + optimizer state)")
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
         model.class_names = list(datamodule.class_names)
     record = StoreConfig(config)
@@ -59,15 +68,16 @@ def train(cfg: DictConfig) -> float | None:
         if isinstance(logger, TensorBoardLogger):  # the whole resolved config, readable in TEXT
             logger.experiment.add_text("config", config_text(config, sha), 0)
 
-    resume = last_checkpoint(run_dir) if cfg.get("resume") else None
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=False)
-    # A run resumed after its last epoch trains no further: its metrics come from the checkpoint.
-    metrics = {**record.restored_metrics, **trainer.callback_metrics}
-    if cfg.get("test"):
-        tested = checkpoint_to_test(trainer, model)
-        trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=False)
-        metrics.update(trainer.callback_metrics)
+    # weights_only=True: Lightning's own loads run no code from a checkpoint either
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resume, weights_only=True)
+        # A run resumed after its last epoch trains no further: its metrics come from the checkpoint.
+        metrics = {**record.restored_metrics, **trainer.callback_metrics}
+        if cfg.get("test"):
+            tested = checkpoint_to_test(trainer, model)
+            trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
+            metrics.update(trainer.callback_metrics)
     metrics_path = write_metrics(run_dir, metrics)
     final = flat_metrics(metrics)
     # fractions in metrics.json, percent when printed
