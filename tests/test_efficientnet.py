@@ -185,3 +185,26 @@ def test_every_method_takes_the_efficientnet_backbone(experiment: str, tmp_path)
     with torch.no_grad():
         out = model.predict(torch.randn(2, 3, 32, 32))
     assert out.shape[0] == 2 and out.shape[-2:] == (32, 32)
+
+
+def test_feature_kmeans_prior_and_frozen_backbone_take_named_weights(tmp_path, make_cfg) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from usgs.run.priors import make_priors
+
+    cfg = make_cfg(["prior=feature_kmeans", "data=shapes", "progress=false", "prior.k=4", "prior.local_k=3",
+                    "prior.global_iters=10", "prior.restarts=1", "prior.backbone.name=efficientnet_lite0",
+                    "prior.backbone.weights=efficientnet_lite0", "+prior.backbone.output_stride=8"],
+                   config_name="make_priors")
+    with open_dict(cfg):
+        cfg.paths.priors_dir = str(tmp_path / "priors")
+        cfg.data.num_train = 4
+    report = make_priors(cfg)
+    assert report["prior"] == "feature_kmeans" and report["images"] == 4
+    for weights in ("efficientnet_lite0", "random"):
+        ev = make_cfg(["model=frozen_backbone", "model.backbone.name=efficientnet_lite0",
+                       f"model.backbone.weights={weights}", "data=shapes"], config_name="evaluate")
+        frozen = instantiate(ev.model)
+        features, saliency = frozen.embed(torch.randn(1, 3, 64, 64))
+        assert features.shape == (1, 1280, 2, 2) and saliency is None

@@ -128,7 +128,7 @@ def test_names_resolve_anywhere_random_is_explicit_unknown_lists_names() -> None
     assert zoo.resolve("random") is None
     a, b = backbone("resnet18", weights="random"), backbone("resnet18", weights="random")
     assert not torch.equal(a.conv1.weight, b.conv1.weight)  # nothing loaded: fresh random draws
-    with pytest.raises(KeyError, match="valid names: .*efficientnet_lite0.*random"):
+    with pytest.raises(ValueError, match="valid names: .*efficientnet_lite0.*random"):
         backbone("resnet18", weights="efficientnet_lite7")
 
 

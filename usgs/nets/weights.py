@@ -70,8 +70,8 @@ def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> dict
         raise ValueError(f"weights {RANDOM!r} is a random initialisation, not a file to read")
     path = resolved
     if not path.is_file():
-        raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file; nothing is "
-                                "downloaded at run time)")
+        raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file or a registered "
+                                "name, `python -m usgs.nets.zoo list`; nothing is downloaded at run time)")
     # DINO checkpoints pickle their argparse Namespace; allow exactly that, nothing else.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

@@ -135,9 +135,9 @@ def weights_dir() -> Path:
 
 
 def entry(name: str) -> WeightsEntry:
-    """The registry entry ``name``; an unknown name raises an error listing the valid ones."""
+    """The registry entry ``name``; an unknown name raises a ``ValueError`` listing the valid ones."""
     if name not in REGISTRY:
-        raise KeyError(f"Unknown weights name {name!r}; valid names: {', '.join(NAMES)} (or a path to a local file)")
+        raise ValueError(f"Unknown weights name {name!r}; valid names: {', '.join(NAMES)} (or a path to a local file)")
     return REGISTRY[name]
 
 
@@ -189,7 +189,7 @@ def resolve(weights: str | Path) -> Path | None:
     """A weight file's path from a registered name or a path; ``None`` for ``random`` (no file).
 
     Raises :class:`WeightsUnavailableError` (URL + exact destination) for a registered file not present,
-    :class:`ChecksumError` for a corrupt one, ``KeyError`` listing the names for an unknown bare name.
+    :class:`ChecksumError` for a corrupt one, ``ValueError`` listing the names for an unknown bare name.
     """
     text = str(weights)
     if text == RANDOM:
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         print(fetch(entry(args.name), url=args.url))
-    except (KeyError, WeightsUnavailableError, ChecksumError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+    except (ValueError, WeightsUnavailableError) as err:  # unknown name, checksum, missing or offline
+        print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
