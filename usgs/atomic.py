@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -18,17 +21,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, data: str | bytes) -> None:
-    """Write ``data`` (text or bytes) to ``path`` atomically, creating its folder. A failed write (full
-    disk, read-only folder) raises the ``OSError`` with ``path`` as its file name."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to stream into; it appears at ``path`` (folder created) only when the block ends
+    without an exception, and the temporary file is removed otherwise (e.g. a failed checksum)."""
     path = Path(path)
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-            f.write(data)
+        with os.fdopen(fd, "wb") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException as err:
         if tmp is not None:
@@ -36,3 +40,9 @@ def atomic_write(path: str | Path, data: str | bytes) -> None:
         if isinstance(err, OSError) and err.errno is not None and err.filename in (None, tmp):
             raise OSError(err.errno, err.strerror, str(path)) from err  # name the file meant, not the temp file
         raise
+
+
+def atomic_write(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text or bytes) to ``path`` atomically, creating its folder."""
+    with atomic_open(path) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
