@@ -21,6 +21,7 @@ resumes where it stopped (``--force`` reruns). ``--table`` prints the BENCHMARKS
     nice -n 5 .venv/bin/python bench/scale.py --n 250 1000            # every stage
     nice -n 5 .venv/bin/python bench/scale.py --n 4000 --stages priors_kmeans eval_kmeans
     .venv/bin/python bench/scale.py --table
+    .venv/bin/python bench/scale.py --disk          # feature-cache bytes per image, from real output shapes
 """
 
 from __future__ import annotations
@@ -124,10 +125,14 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "cache" / "bench_scale")
     parser.add_argument("--force", action="store_true", help="rerun stages that have a result")
     parser.add_argument("--table", action="store_true", help="print the table of results.jsonl and stop")
+    parser.add_argument("--disk", action="store_true", help="print feature-cache sizes per image and stop")
     args = parser.parse_args()
     results = args.work / "results.jsonl"
     if args.table:
         print(table(results))
+        return
+    if args.disk:
+        print(disk_table())
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "WANDB_MODE": "disabled",
            "NO_ALBUMENTATIONS_UPDATE": "1", "HYDRA_FULL_ERROR": "1"}
@@ -150,6 +155,33 @@ def main() -> None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(json.dumps(row), flush=True)
+
+
+COCOSTUFF27_IMAGES = {"curated train": 49_629, "curated val (test)": 2_175}  # the IIC curated lists
+
+
+def disk_table(size: int = 320) -> str:
+    """Float16 feature-cache bytes per image at ``size`` x ``size`` (COCO-Stuff-27's evaluation crop),
+    from the output shape of each backbone on a real forward pass; COCO-Stuff-27's totals."""
+    import torch
+
+    from usgs.nets.backbones import backbone
+
+    shapes = {}
+    with torch.no_grad():
+        for name in ("vit_small_patch8", "vit_base_patch14_dinov2", "resnet18"):
+            net = backbone(name).eval()
+            shapes[name] = tuple(net(torch.zeros(1, 3, size, size))[net.out_key].shape[1:])
+    # EfficientNet-Lite0 (branch effnet): out_key layer4 = the 1280-channel head at stride 32, TF "same"
+    # padding -> ceil(320 / 32) = 10
+    shapes["efficientnet_lite0"] = (1280, -(-size // 32), -(-size // 32))
+    total = sum(COCOSTUFF27_IMAGES.values())
+    lines = [f"| backbone | features at {size} px | KiB / image | COCO-Stuff-27 train + test ({total:,} images) |",
+             "|---|---|---|---|"]
+    for name, (c, h, w) in shapes.items():
+        per = c * h * w * 2
+        lines.append(f"| {name} | {c} x {h} x {w} | {per / 1024:.0f} | {per * total / 2**30:.1f} GiB |")
+    return "\n".join(lines)
 
 
 def _resnet18_weights(work: Path) -> Path:
