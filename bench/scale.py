@@ -219,7 +219,8 @@ def table(results: Path) -> str:
             if r:
                 per.append(r["s_per_image"])
         if per:
-            lines.append(f"| {stage} | " + " | ".join(cells) + f" | {max(per) / min(per):.2f} |")
+            ratio = f"{max(per) / min(per):.2f}" if len(per) > 1 else "-"
+            lines.append(f"| {stage} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
 
