@@ -54,6 +54,8 @@ def _wants_store(cfg: DictConfig, module: nn.Module) -> bool:
 
 def _identity(cfg: DictConfig, data_cfg: DictConfig, datamodule: SegmentationDataModule, dataset: Any,
               split: str, module_id: dict[str, Any], layer: str, flip: bool) -> dict[str, Any]:
+    if not callable(getattr(module, "layer_features", None)):
+        layer = "embedding"  # dense_outputs reads the default features for every layer: one cache for all
     raw = datamodule.dataset(split, transform=None)
     data = OmegaConf.to_container(data_cfg, resolve=True)
     assert isinstance(data, dict)
