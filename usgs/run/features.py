@@ -54,8 +54,6 @@ def _wants_store(cfg: DictConfig, module: nn.Module) -> bool:
 
 def _identity(cfg: DictConfig, data_cfg: DictConfig, datamodule: SegmentationDataModule, dataset: Any,
               split: str, module_id: dict[str, Any], layer: str, flip: bool) -> dict[str, Any]:
-    if not callable(getattr(module, "layer_features", None)):
-        layer = "embedding"  # dense_outputs reads the default features for every layer: one cache for all
     raw = datamodule.dataset(split, transform=None)
     data = OmegaConf.to_container(data_cfg, resolve=True)
     assert isinstance(data, dict)
@@ -72,12 +70,14 @@ def feature_sources(cfg: DictConfig, data_cfg: DictConfig, datamodule: Segmentat
     store = _wants_store(cfg, module) or shard is not None
     module_id = module_fingerprint(module) if store else {}
     chunk = int(cfg.get("feature_chunk", CHUNK_IMAGES))
+    # dense_outputs reads a module without layer_features at its default features for every layer: one cache
+    stored_layer = layer if callable(getattr(module, "layer_features", None)) else "embedding"
     sources = []
     for split, cap in (("train", cfg.get("max_train_images")), (cfg.split, cfg.get("max_eval_images"))):
         dataset = _split_dataset(datamodule, split, cap)
         feature_store, start = None, 0
         if store:
-            identity = _identity(cfg, data_cfg, datamodule, dataset, split, module_id, layer, flip)
+            identity = _identity(cfg, data_cfg, datamodule, dataset, split, module_id, stored_layer, flip)
             feature_store = FeatureStore(Path(cfg.paths.features_dir), identity, len(dataset), chunk)
             if shard is not None:
                 part = shard_chunks(len(dataset), shard, chunk)
