@@ -49,6 +49,8 @@ def compose_config(config_name: str, overrides: list[str], run_dir: Path) -> Dic
         cfg.paths.output_dir = str(run_dir)
         cfg.paths.log_dir = str(run_dir / "logs")
         cfg.paths.priors_dir = str(run_dir / "priors")
+        if "features_dir" in cfg.paths:
+            cfg.paths.features_dir = str(run_dir / "features")
     GlobalHydra.instance().clear()
     return cfg
 

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from usgs.evaluation.feature_store import FeatureStore
 from usgs.nets.dense_outputs import DenseOutputs, dense_outputs
 
 
@@ -33,11 +34,18 @@ class FeatureSource:
     test-time flip). The loader must not shuffle (batches are matched across passes by position).
     With ``progress``, every pass shows a bar named ``name`` (a pass's consumer, e.g. the scoring
     with its dense CRF, runs inside it, so the bar covers that work too).
+
+    With a ``store`` (:class:`usgs.evaluation.feature_store.FeatureStore`), outputs live on disk
+    instead (``cache_mb`` is then unused): batches whose chunks are stored are read from it, the
+    others computed and added, so only the first pass ever (over every run with the same identity)
+    runs the network and RAM holds one batch whatever the split's size. ``start`` is the store
+    position of the loader's first image (a shard's loader covers a slice of the split).
     """
 
     def __init__(self, module: nn.Module, loader: Iterable[dict[str, Any]], device: torch.device,
                  cache_mb: float = 1024.0, flip: bool = False, layer: str = "embedding",
-                 name: str = "features", progress: bool = False) -> None:
+                 name: str = "features", progress: bool = False, store: FeatureStore | None = None,
+                 start: int = 0) -> None:
         self.module = module
         self.flip = flip
         self.layer = layer
@@ -47,6 +55,7 @@ class FeatureSource:
         self.name = name
         self.progress = progress
         self._passes = 0
+        self.store, self.start = store, int(start)
         self._cache: list[tuple[dict[str, Any], DenseOutputs]] | None = None
 
     def bar(self, iterable: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
@@ -56,22 +65,56 @@ class FeatureSource:
     def _run(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         self.module.eval()  # frozen network, BN statistics included
         for batch in self.loader:
-            image = batch["image"].to(self.device)
-            out = dense_outputs(self.module, image, self.layer)
-            if self.flip:  # test-time flip: average with the mirrored image's outputs, mirrored back
-                mirrored = dense_outputs(self.module, image.flip(-1), self.layer)
-                sal = None if out.saliency is None else (out.saliency + mirrored.saliency.flip(-1)) / 2
-                out = DenseOutputs(self._unit((out.features + mirrored.features.flip(-1)) / 2), sal)
-            sal = out.saliency.cpu() if out.saliency is not None else None
-            yield _to_cpu(batch), DenseOutputs(out.features.cpu(), sal)
+            yield _to_cpu(batch), self._forward(batch)
+
+    def _forward(self, batch: dict[str, Any]) -> DenseOutputs:
+        """The network's outputs of one batch on the CPU (test-time flip included)."""
+        image = batch["image"].to(self.device)
+        out = dense_outputs(self.module, image, self.layer)
+        if self.flip:  # test-time flip: average with the mirrored image's outputs, mirrored back
+            mirrored = dense_outputs(self.module, image.flip(-1), self.layer)
+            sal = None if out.saliency is None else (out.saliency + mirrored.saliency.flip(-1)) / 2
+            out = DenseOutputs(self._unit((out.features + mirrored.features.flip(-1)) / 2), sal)
+        sal = out.saliency.cpu() if out.saliency is not None else None
+        return DenseOutputs(out.features.cpu(), sal)
+
+    def _stored(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
+        """Outputs read from the store where it has them, else computed and added to it."""
+        assert self.store is not None
+        self.module.eval()
+        position = self.start
+        for batch in self.loader:
+            indices = range(position, position + batch["image"].shape[0])
+            position = indices.stop
+            if self.store.missing(indices):
+                out = self._forward(batch)
+                for k, i in enumerate(indices):
+                    self.store.add(i, out.features[k], None if out.saliency is None else out.saliency[k])
+                # the values a later read gives back (float16), so every pass sees the same numbers
+                out = DenseOutputs(out.features.half().float(), out.saliency)
+            else:
+                out = DenseOutputs(*self.store.read(indices))
+            yield _to_cpu(batch), out
+
+    def fill(self) -> int:
+        """One pass that only makes sure the store holds this loader's images; returns their count."""
+        if self.store is None:
+            raise ValueError("FeatureSource.fill needs a store")
+        return sum(int(batch["image"].shape[0]) for batch, _ in self._stored())
 
     def __iter__(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
         self._passes += 1
         total = len(self._cache) if self._cache is not None else _length(self.loader)
         what = "cached features" if self._cache is not None else "network"
+        if self.store is not None:
+            what = "feature cache on disk" if self.store.complete() else "network -> feature cache on disk"
         yield from self.bar(self._iterate(), f"{self.name} pass {self._passes} ({what})", total)
 
     def _iterate(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
+        if self.store is not None:
+            for batch, out in self._stored():
+                yield batch, self._at_image_size(batch, out)
+            return
         if self._cache is not None:
             for batch, out in self._cache:
                 yield batch, self._at_image_size(batch, DenseOutputs(out.features.float(), out.saliency))

@@ -31,6 +31,7 @@ class MaskPrior(ABC):
         class_ids: whether a semantic prior's ids are the dataset's class ids (pseudo labels), scored
             then also without matching.
         needs_fit: whether ``fit`` must see every image's local state before ``finalize``.
+        fit_keys: the state keys ``fit`` reads (None: all); the cache loads only these for the fit.
         parallel: whether ``local`` is CPU-bound per-image work worth spreading over processes
             (False for batched torch priors, which use torch's own threads / the GPU).
     Instance attributes:
@@ -43,6 +44,7 @@ class MaskPrior(ABC):
     kind: ClassVar[Literal["semantic", "saliency"]] = "semantic"
     class_ids: ClassVar[bool] = False
     needs_fit: bool = False
+    fit_keys: ClassVar[tuple[str, ...] | None] = None
     parallel: ClassVar[bool] = False
 
     def __init__(self, batch_size: int = 1, postprocess: PostProcess | None = None, seed: int = 0) -> None:

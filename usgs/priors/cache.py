@@ -9,11 +9,19 @@ Layout (reading side: ``usgs.data.prior_store``)::
         <id>.png           uint8 prior map, 255 = ignore (written atomically: temp file + os.replace)
         .states/<id>.npz   per-image intermediate results of two-stage priors (deleted when finished)
         .fit.npz           what the prior's fit() learned (a resumed run skips fit)
+        .shards/<i>-of-<n>.json   a finished shard's counts and seconds (deleted when finished)
         manifest.json      written LAST: config, counts, timings (+ ``extra``: git SHA, dataset ...)
 
 A killed run (even by SIGKILL, in any stage) is resumed by running the same command again: finished
 images and a finished fit are skipped, and the PNGs equal those of an uninterrupted run. Worker
 processes die with the process that started them (parent-death signal).
+
+Sharding (``shard=(i, n)``): the per-image stage of the i-th of n contiguous slices of the split's
+batches (the id list in its fixed order, cut at batch boundaries so that every batch is the same,
+with the same seed, as in an unsharded run) is computed and left on disk (states, or PNGs for
+one-stage priors; PNGs too when the fit is already known), and nothing else. Shards may run at once in
+several processes or machines (every write is atomic); the unsharded call then computes whatever
+is still missing, runs the global stage once, and writes the same files as a run without shards.
 """
 
 from __future__ import annotations
@@ -77,9 +85,18 @@ def _save_npz(path: Path, arrays: State) -> None:
     atomic_write(path, buf.getvalue())
 
 
-def _load_npz(path: Path) -> State:
+def _load_npz(path: Path, keys: Sequence[str] | None = None) -> State:
+    """The arrays of an .npz file (only ``keys`` when given: npz members are read one by one)."""
     with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in z.files if keys is None or k in keys}
+
+
+def shard_batches(num_batches: int, shard: tuple[int, int]) -> range:
+    """Batch positions of shard ``i`` of ``n``: the i-th of n contiguous, near-equal slices."""
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    return range(i * num_batches // n, (i + 1) * num_batches // n)
 
 
 def load_image(dataset: RawDataset, index: int) -> np.ndarray:
@@ -161,6 +178,7 @@ def compute_prior(
     extra: Mapping[str, Any] | None = None,
     data: Mapping[str, Any] | None = None,
     fit_from: Path | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Fill ``out_dir`` with the prior of every image of ``dataset``; return the manifest dict.
 
@@ -169,7 +187,8 @@ def compute_prior(
     ``data.json`` and the manifest; a folder computed from other files is recomputed. ``workers`` > 1
     spreads CPU-bound priors (``prior.parallel``) over processes. ``extra`` entries (dataset, split
     ...) are stored in the manifest. ``fit_from``: another cache's fit file (e.g. the train split's
-    global clusters) used instead of fitting on this split.
+    global clusters) used instead of fitting on this split. ``shard=(i, n)``: only the per-image
+    stage of the i-th of n slices (see the module docstring); returns that shard's counts.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -188,11 +207,14 @@ def compute_prior(
     fitted = prior.needs_fit and fit_file.is_file()
 
     def missing(i: int) -> bool:
+        state = (out_dir / ".states" / f"{ids[i]}.npz").is_file()
         if prior.needs_fit and not fitted:
-            return not (out_dir / ".states" / f"{ids[i]}.npz").is_file()
-        return not (out_dir / f"{ids[i]}.png").is_file()
+            return not state
+        return not (out_dir / f"{ids[i]}.png").is_file() and not (prior.needs_fit and state)
 
     batches = [range(s, min(n, s + prior.batch_size)) for s in range(0, n, prior.batch_size)]
+    if shard is not None:
+        batches = [batches[b] for b in shard_batches(len(batches), shard)]
     todo = [list(b) for b in batches if any(missing(i) for i in b)]
     computed = sum(len(b) for b in todo)
     done = sum(not missing(i) for i in range(n))
@@ -209,18 +231,24 @@ def compute_prior(
         local_seconds += seconds
         bar.update(1)
     bar.close()
+    scope = [i for b in batches for i in b]  # this call's images: the shard's, or all
     fit_seconds = finalize_seconds = 0.0
+    if shard is not None and not fitted:  # the global stage is the unsharded call's
+        return _finish_shard(out_dir, shard, scope, computed, local_seconds)
     if prior.needs_fit:
         if fitted:
             prior.load_fit_state(_load_npz(fit_file))
         else:
-            states = [_load_npz(out_dir / ".states" / f"{i}.npz") for i in ids]
+            # only the keys the fit reads (the k-means priors' centres, not their label maps): the
+            # memory of the global stage grows with what it needs, not with the images' pixels
+            states = [_load_npz(out_dir / ".states" / f"{i}.npz", prior.fit_keys) for i in ids]
             start = time.perf_counter()
             prior.fit(states, lambda i: load_image(dataset, i))
             fit_seconds = time.perf_counter() - start
+            del states
             _save_npz(fit_file, prior.fit_state())
         for i in tqdm(
-            [i for i in range(n) if not (out_dir / f"{ids[i]}.png").is_file()],
+            [i for i in scope if not (out_dir / f"{ids[i]}.png").is_file()],
             desc=f"{out_dir.name}: finalize",
             disable=not progress,
         ):
@@ -230,6 +258,11 @@ def compute_prior(
             mask = prior.finalize(image, state)
             finalize_seconds += time.perf_counter() - start
             _write_png(out_dir / f"{ids[i]}.png", mask)
+    if shard is not None:
+        return _finish_shard(out_dir, shard, scope, computed, local_seconds + finalize_seconds)
+    shards = [json.loads(p.read_text()) for p in sorted((out_dir / ".shards").glob("*.json"))]
+    shard_images = sum(s["computed"] for s in shards)
+    local_seconds += sum(s["seconds"] for s in shards)
     histogram = np.zeros(256, dtype=np.int64)
     empty = []
     for name in ids:
@@ -259,7 +292,7 @@ def compute_prior(
             "finalize": finalize_seconds,
             "wall": time.perf_counter() - wall,
         },
-        "ms_per_image": 1000.0 * (local_seconds + fit_seconds + finalize_seconds) / max(1, computed),
+        "ms_per_image": 1000.0 * (local_seconds + fit_seconds + finalize_seconds) / max(1, computed + shard_images),
         **dict(extra or {}),
         **({"data": json.loads((out_dir / DATA_FILE).read_text())} if data is not None else {}),
     }
@@ -268,8 +301,17 @@ def compute_prior(
     return manifest
 
 
+def _finish_shard(out_dir: Path, shard: tuple[int, int], scope: list[int], computed: int,
+                  seconds: float) -> dict[str, Any]:
+    """Record a finished shard (its compute time enters the manifest's timing) and return its counts."""
+    record = {"shard": f"{shard[0]}/{shard[1]}", "images": len(scope), "computed": computed, "seconds": seconds}
+    atomic_write(out_dir / ".shards" / f"{shard[0]}-of-{shard[1]}.json", json.dumps(record).encode())
+    return record
+
+
 def _clean(out_dir: Path) -> None:
-    """Remove what a finished folder no longer needs: per-image states, temp files of killed writes."""
+    """Remove what a finished folder no longer needs: per-image states, shard records, temp files."""
     shutil.rmtree(out_dir / ".states", ignore_errors=True)
+    shutil.rmtree(out_dir / ".shards", ignore_errors=True)
     for tmp in out_dir.rglob(".*.tmp"):
         tmp.unlink(missing_ok=True)

@@ -44,6 +44,7 @@ class SeedKMeansPrior(MaskPrior):
     """
 
     needs_fit = True
+    fit_keys = ("centers",)  # fit clusters the per-image centres only
     parallel = True
 
     def __init__(
@@ -146,6 +147,7 @@ class TorchKMeansPrior(MaskPrior):
     """
 
     needs_fit = True
+    fit_keys = ("centers",)  # fit clusters the per-image centres only
     parallel = False
 
     def __init__(

@@ -13,9 +13,10 @@ Pixels the prior leaves at 255 (no proposal) count as background; ground-truth 2
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ SCORE_KEY = re.compile(r"(^|[/_])(miou|iou|pixel_accuracy|fbeta|precision|recall
 
 
 def semantic_scores(
-    preds: Sequence[np.ndarray], targets: Sequence[np.ndarray], num_classes: int, num_labels: int,
+    preds: Iterable[np.ndarray], targets: Iterable[np.ndarray], num_classes: int, num_labels: int,
     class_ids: bool = False,
 ) -> dict[str, float]:
     """Hungarian (pixel counts and IoU) and majority mIoU / pixel accuracy (fractions in [0, 1]) of cluster maps vs class masks.
@@ -73,7 +74,7 @@ def semantic_scores(
     return out
 
 
-def saliency_scores(preds: Sequence[np.ndarray], targets: Sequence[np.ndarray]) -> dict[str, float]:
+def saliency_scores(preds: Iterable[np.ndarray], targets: Iterable[np.ndarray]) -> dict[str, float]:
     """Foreground IoU, F-beta (beta^2 = 0.3) and MAE (fractions) of binary maps vs {0,1,255} masks."""
     metric = SegmentationMetric(2, matching="none")
     maes = []
@@ -107,23 +108,30 @@ def score_prior_dir(
     prior_dir: str | Path, dataset: RawDataset, kind: str, num_classes: int, num_labels: int,
     progress: bool = False, class_ids: bool = False,
 ) -> dict[str, float]:
-    """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth."""
+    """Read every ``<id>.png`` of ``prior_dir`` and score it against ``dataset``'s ground truth.
+
+    Streamed: one (prior, ground truth) pair is in memory at a time (the scores accumulate confusion
+    matrices), so scoring a split of any size takes the memory of one image.
+    """
     key = "mask" if kind == "semantic" else "saliency"
-    preds, targets = [], []
-    names = tqdm(dataset.ids, desc=f"{Path(prior_dir).name}: scoring", unit="img", disable=not progress)
-    for i, name in enumerate(names):
-        path = Path(prior_dir) / f"{name}.png"
-        pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if pred is None:
-            raise FileNotFoundError(f"prior map {path} missing or unreadable")
-        raw = dataset.load(i)
-        if key not in raw:
-            raise MissingGroundTruthError(
-                f"{dataset.describe(i)} has no {key!r} ground truth (keys: {sorted(raw)}); "
-                f"cannot score a {kind} prior on it"
-            )
-        preds.append(pred)
-        targets.append(raw[key])
+
+    def pairs() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        names = tqdm(dataset.ids, desc=f"{Path(prior_dir).name}: scoring", unit="img", disable=not progress)
+        for i, name in enumerate(names):
+            path = Path(prior_dir) / f"{name}.png"
+            pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if pred is None:
+                raise FileNotFoundError(f"prior map {path} missing or unreadable")
+            raw = dataset.load(i)
+            if key not in raw:
+                raise MissingGroundTruthError(
+                    f"{dataset.describe(i)} has no {key!r} ground truth (keys: {sorted(raw)}); "
+                    f"cannot score a {kind} prior on it"
+                )
+            yield pred, raw[key]
+
+    a, b = itertools.tee(pairs())  # read in lockstep by the scores' zip: tee holds at most one pair
+    preds, targets = (p for p, _ in a), (t for _, t in b)
     if kind == "semantic":
         return semantic_scores(preds, targets, num_classes, num_labels, class_ids=class_ids)
     return saliency_scores(preds, targets)

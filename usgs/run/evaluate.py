@@ -17,13 +17,12 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader, Subset
 
 from usgs.data.base import SegmentationDataModule
-from usgs.evaluation.features import FeatureSource
 from usgs.evaluation.report import markdown_table, save_overlays
 from usgs.priors.crf import MASKCONTRAST_CRF, dense_crf
 from usgs.run.checkpoints import load_checkpoint
+from usgs.run.features import feature_sources, fill_shard
 from usgs.run.outputs import atomic_write_text, write_metrics
 from usgs.run.start import start_run
 
@@ -34,15 +33,6 @@ def device_from_name(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _loader(datamodule: SegmentationDataModule, split: str, max_images: int | None) -> DataLoader:
-    """Deterministic, unshuffled loader of ``split`` with the evaluation transform (no crops)."""
-    dataset: Any = datamodule.dataset(split, transform=datamodule.eval_transform)
-    if max_images is not None:
-        dataset = Subset(dataset, range(min(int(max_images), len(dataset))))
-    return DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False,
-                      num_workers=datamodule.num_workers, pin_memory=datamodule.pin_memory)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -63,14 +53,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     device = device_from_name(str(cfg.get("device", "auto")))
     module.to(device)
     task = instantiate(cfg.task, _convert_="all")
-    cache_mb = float(cfg.get("cache_mb", 1024))
     flip = bool(cfg.get("flip", False))
     layer = str(getattr(task, "layer", "embedding"))  # the features the task reads
-    progress = bool(cfg.get("progress", True))
-    train = FeatureSource(module, _loader(datamodule, "train", cfg.get("max_train_images")), device, cache_mb,
-                          flip, layer, name="train split", progress=progress)
-    evaluation = FeatureSource(module, _loader(datamodule, cfg.split, cfg.get("max_eval_images")), device,
-                               cache_mb, flip, layer, name=f"{cfg.split} split", progress=progress)
+    train, evaluation = feature_sources(cfg, data_cfg, datamodule, module, device, layer)
+    if cfg.get("feature_shard") is not None:  # a slice of the feature caches only; no evaluation
+        done = fill_shard((train, evaluation))
+        print(f"[usgs] feature_shard={cfg.feature_shard}: {done['images']} images in {done['folders']}; "
+              "evaluate with the same command without feature_shard=")
+        return {}
     log.info("%s on %s/%s (progress bars: one per pass over a split)", cfg.task._target_.rsplit(".", 1)[-1],
              datamodule.name, cfg.split)
     crf_params: dict[str, Any] = dict(MASKCONTRAST_CRF)

@@ -13,6 +13,12 @@ The only priors module that reads Hydra configs: it turns ``cfg.prior`` into pla
   set of global cluster ids, as the seed's ``scripts/kNNRelabeling.py`` (fit on train, applied to
   train and test). ``null`` fits every split on its own images.
 
+``shard=i/n`` computes only the per-image stage of the i-th of n slices of the split
+(:func:`usgs.priors.cache.compute_prior`), e.g. ``-m shard=0/4,1/4,2/4,3/4`` as processes
+(``hydra/launcher=joblib``) or SLURM jobs (``hydra/launcher=submitit_slurm``); the same command
+without ``shard`` then computes what is missing and the global stage, scores and reports. A split
+that reuses another split's fit (``fit_split``) shards that split first and waits for its global stage.
+
 A ``-m`` sweep ends with one table of every job's ``report.json`` (:class:`usgs.run.sweep.MultirunTable`,
 registered in ``conf/make_priors.yaml``).
 """
@@ -34,12 +40,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from usgs.data.prior_store import prior_dir_name
 from usgs.priors.cache import compute_prior, config_hash
 from usgs.priors.report import MissingGroundTruthError, prior_panel, score_prior_dir, write_report
-from usgs.run.outputs import git_sha
+from usgs.run.outputs import atomic_write_text, git_sha
 from usgs.visualize import write_png
 
 log = logging.getLogger(__name__)
 
-__all__ = ["make_priors", "prior_identity"]
+__all__ = ["make_priors", "parse_shard", "prior_identity"]
 
 # DataModule arguments that do not change the images or labels of a split (left out of the hash).
 _LOADER_KEYS = {
@@ -115,8 +121,22 @@ def _build_prior(cfg: DictConfig) -> tuple[str, int, Any]:
     return str(name), workers, instantiate(node, **kwargs)
 
 
-def _fitted_elsewhere(cfg: DictConfig, needs_fit: bool) -> Path | None:
-    """The finished cache folder whose fit this split reuses (computed first if needed), or None."""
+def parse_shard(value: Any) -> tuple[int, int] | None:
+    """``"i/n"`` (the ``shard`` key) -> (i, n); None or "" -> None; anything else: a clear error."""
+    if value is None or value == "":
+        return None
+    try:
+        i, n = (int(part) for part in str(value).split("/"))
+    except ValueError:
+        raise ValueError(f"shard={value!r}: expected i/n, e.g. shard=0/4 (the first of 4 slices)") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard={value}: expected i/n with 0 <= i < n")
+    return i, n
+
+
+def _fitted_elsewhere(cfg: DictConfig, needs_fit: bool) -> Path | dict[str, Any] | None:
+    """The finished cache folder whose fit this split reuses (computed first if needed), or None;
+    under ``shard``, the fit split's shard report while its global stage is still to run."""
     fit_split = cfg.prior.get("fit_split")
     if not needs_fit or not fit_split or fit_split == cfg.split:
         return None
@@ -124,6 +144,8 @@ def _fitted_elsewhere(cfg: DictConfig, needs_fit: bool) -> Path | None:
     with open_dict(fit_cfg):
         fit_cfg.split = fit_split
     report = make_priors(fit_cfg)
+    if "shard" in report:
+        return report
     fit_dir = Path(cfg.paths.priors_dir) / report["data"] / fit_split / report["folder"]
     if not (fit_dir / FIT_FILE).is_file():
         raise FileNotFoundError(
@@ -161,7 +183,12 @@ def _threads(count: int) -> Iterator[None]:
 def _make_priors(cfg: DictConfig) -> dict[str, Any]:
     torch.manual_seed(int(cfg.seed))
     name, workers, prior = _build_prior(cfg)
+    shard = parse_shard(cfg.get("shard"))
     fit_dir = _fitted_elsewhere(cfg, prior.needs_fit)
+    if isinstance(fit_dir, dict):
+        log.info("split %s waits for the global stage of split %s: run the command without shard=",
+                 cfg.split, cfg.prior.fit_split)
+        return fit_dir
     datamodule = instantiate(cfg.data, prior=None)
     dataset = datamodule.dataset(cfg.split, transform=None)
     data = datamodule.data_identity(dataset)
@@ -184,7 +211,14 @@ def _make_priors(cfg: DictConfig) -> dict[str, Any]:
         extra={"dataset": datamodule.name, "split": cfg.split, "git_sha": git_sha()},
         data=data,
         fit_from=fit_dir / FIT_FILE if fit_dir is not None else None,
+        shard=shard,
     )
+    if "shard" in manifest:  # a shard's part is done; the unsharded command finishes the cache
+        done = {"prior": name, "data": datamodule.name, "split": cfg.split, "folder": out_dir.name, **manifest}
+        atomic_write_text(Path(cfg.paths.output_dir) / "report.json", json.dumps(done, indent=2))
+        print(f"[usgs] shard {manifest['shard']} of {out_dir}: {manifest['computed']} of its "
+              f"{manifest['images']} images computed; finish with the same command without shard=")
+        return done
     report: dict[str, Any] = {
         "prior": name,
         "data": datamodule.name,
