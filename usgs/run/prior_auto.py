@@ -41,8 +41,9 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def ensure_priors(cfg: DictConfig) -> list[Path]:
-    """Make sure the cache of ``cfg.data.prior`` exists for every prior split; returns the folders."""
+def ensure_priors(cfg: DictConfig, score: bool = True) -> list[Path]:
+    """Make sure the cache of ``cfg.data.prior`` exists for every prior split; returns the folders.
+    ``score=False`` (a label-free run): a prior computed here is not scored against the split's masks."""
     prior = cfg.data.get("prior")
     if not prior:
         return []
@@ -61,28 +62,39 @@ def ensure_priors(cfg: DictConfig) -> list[Path]:
             log.info("%s", err)
             log.info("prior_auto=true: computing it now with this run's data config: "
                      "python make_priors.py %s data=%s", " ".join(overrides), dataset)
-        folders.append(_make(cfg, data_node, overrides, split))
+        folders.append(_make(cfg, data_node, overrides, split, score))
     return folders
 
 
-def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: str) -> Path:
+def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: str, score: bool = True) -> Path:
     from usgs.run.priors import make_priors
 
     pcfg = _compose("make_priors", overrides)
     with open_dict(pcfg):
+        pcfg.score = score
         pcfg.data = data_node
         pcfg.paths = OmegaConf.merge(pcfg.paths, {
             "priors_dir": str(cfg.paths.priors_dir),
             "output_dir": str(Path(cfg.paths.output_dir) / "priors" / split),
         })
         if "checkpoint" in pcfg.prior and not pcfg.prior.checkpoint:
-            pcfg.prior.checkpoint = str(_prior_model(cfg, data_node, str(pcfg.prior.train_command)))
+            own_data = bool(pcfg.prior.get("reads_target_labels", False))
+            pcfg.prior.checkpoint = str(_prior_model(cfg, data_node, str(pcfg.prior.train_command), own_data))
+    saliency = pcfg.prior.get("saliency")
+    if saliency not in (None, "dataset"):  # a prior read by this one (cam_saliency's saliency_unsup) first
+        ensure_priors(OmegaConf.merge(cfg, {"data": {"prior": saliency, "prior_splits": [split]},
+                                            "prior_overrides": []}), score)
     report = make_priors(pcfg)
     return Path(cfg.paths.priors_dir) / report["data"] / split / report["folder"]
 
 
-def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str) -> Path:
-    """Checkpoint of the model a prior needs, trained now by its ``train_command`` (once per run)."""
+def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str, own_data: bool = False) -> Path:
+    """Checkpoint of the model a prior needs, trained now by its ``train_command`` (once per run).
+
+    It trains on the run's own data config when it trains on the same dataset class, and always when
+    ``own_data`` (a prior that learns the run's labels, ``reads_target_labels``: same images and class
+    count as the run, whatever dataset its experiment names). ``trainer.fast_dev_run`` writes no
+    checkpoint, so its one-batch budget is run as one epoch of one batch per split instead."""
     from usgs.run.train import train
 
     run_dir = Path(cfg.paths.output_dir) / "prior_model"
@@ -94,8 +106,13 @@ def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str) -> 
              " ".join(cfg.get("prior_model_overrides", [])), run_dir)
     tcfg = _compose("train", overrides)
     with open_dict(tcfg):
-        if tcfg.data.get("_target_") == data_node.get("_target_"):  # same dataset: same images and classes
+        if own_data or tcfg.data.get("_target_") == data_node.get("_target_"):  # same images and classes
             tcfg.data = data_node
+        if tcfg.trainer.get("fast_dev_run"):
+            tcfg.trainer.fast_dev_run = False
+            tcfg.trainer.max_epochs = 1
+            for split in ("train", "val", "test"):
+                tcfg.trainer[f"limit_{split}_batches"] = 1
         tcfg.paths = OmegaConf.merge(tcfg.paths, {"output_dir": str(run_dir),
                                                   "priors_dir": str(cfg.paths.priors_dir)})
         tcfg.test = False

@@ -18,6 +18,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from usgs.callbacks import StoreConfig
 from usgs.run.checkpoints import checkpoint_to_test, select_callbacks
 from usgs.run.config_checks import check_config
+from usgs.run.label_free import check_label_free
 from usgs.run.outputs import AtomicCheckpointIO, atomic_write_text, flat_metrics, git_sha, write_metrics
 from usgs.run.prior_auto import ensure_priors
 from usgs.run.resume import check_resumed_config, last_checkpoint
@@ -77,13 +78,17 @@ def _instantiate_group(group: DictConfig | None, name: str) -> dict[str, Any]:
 def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
     run_dir, config, sha = start_run(cfg)
-    ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
-    datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
-    if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
-        model.class_names = list(datamodule.class_names)
+    # Refusals first (a label-free method given a mask-reading sampler, prior or callback), before any work.
+    check_label_free(cfg, type(model).__name__, model.uses_labels)
     record = StoreConfig(config)
     callbacks = [*select_callbacks(model, _instantiate_group(cfg.get("callbacks"), "callbacks")), record]
+    # A missing data.prior cache is computed first (unless prior_auto=false); for a label-free method
+    # without scoring it against the training masks.
+    ensure_priors(cfg, score=model.uses_labels)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
+        model.class_names = list(datamodule.class_names)
     loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()])
