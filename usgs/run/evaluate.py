@@ -28,8 +28,7 @@ from torch.utils.data import DataLoader, Subset
 from usgs.data.base import SegmentationDataModule
 from usgs.evaluation.controls import InputFeatures, prior_only, saliency_only
 from usgs.evaluation.features import FeatureSource
-from usgs.evaluation.report import TaskResult
-from usgs.evaluation.report import markdown_table, save_overlays
+from usgs.evaluation.report import TaskResult, markdown_table, save_overlays
 from usgs.priors.crf import MASKCONTRAST_CRF, dense_crf
 from usgs.run.checkpoints import load_checkpoint
 from usgs.run.outputs import atomic_write_text, write_metrics
