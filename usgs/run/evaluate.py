@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.data import DataLoader, Subset
 
 from usgs.data.base import SegmentationDataModule
@@ -124,7 +124,11 @@ def _control(cfg: DictConfig, control: str, data_cfg: DictConfig, model_cfg: Dic
     data_cfg = OmegaConf.merge(data_cfg, {"prior_splits": sorted(set(splits))} if key == "prior" else {"prior": None})
     if key == "prior":  # a missing cache is computed first (prior_auto), where the run's data looks for it
         priors_dir = data_cfg.get("prior_root") or cfg.paths.priors_dir
-        ensure_priors(OmegaConf.merge(cfg, {"data": data_cfg, "paths": {"priors_dir": str(priors_dir)}}))
+        run = cfg.copy()
+        with open_dict(run):  # the run's own data (from its checkpoint), not this command's default
+            run.data = data_cfg
+            run.paths.priors_dir = str(priors_dir)
+        ensure_priors(run)
     datamodule: SegmentationDataModule = instantiate(data_cfg, _convert_="all")
     max_images = cfg.get("max_eval_images")
     names, num_classes = list(datamodule.class_names), datamodule.num_classes
