@@ -23,14 +23,16 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
-# The demo: MaskContrast on the built-in object-centric images, then one table on their test split
-# (usgs/run/demo.py): the trained network, the same network untrained, and the colour k-means prior
-# with one cluster per class (data=objects has 5 classes).
+# The demo: MaskContrast on the built-in object-centric images with label-free saliency (saliency_unsup),
+# then one table on their test split (usgs/run/demo.py): the trained network, the same network
+# untrained, the colour k-means prior with one cluster per class (data=objects has 5 classes), and
+# the input saliency alone (control=saliency_only).
 demo: install
 	$(PY) train.py experiment=maskcontrast_demo hydra.run.dir=$(DEMO)/last_run $(DEMO_ARGS)
 	$(PY) evaluate.py task=kmeans split=test ckpt_path=$(DEMO)/last_run/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/trained
 	$(PY) evaluate.py experiment=maskcontrast_demo task=kmeans split=test hydra.run.dir=$(DEMO)/random_init
 	$(PY) make_priors.py data=objects prior=kmeans prior.k=5 split=test hydra.run.dir=$(DEMO)/prior
+	$(PY) evaluate.py task=kmeans split=test control=saliency_only ckpt_path=$(DEMO)/last_run/checkpoints/last.ckpt hydra.run.dir=$(DEMO)/saliency_only
 	$(PY) -m usgs.run.demo $(DEMO)
 	@echo "Runs and logs: $(DEMO) (last_run: metrics.json, config.yaml, tensorboard/, checkpoints/)"
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir logs/"

@@ -141,8 +141,16 @@ METHODS: dict[str, Method] = {
             Baseline("random init, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou",
                      more=(("random init, k-means pixels", "kmeans/pixels/miou"),)),
-            Baseline("k-means prior (G=8, Hungarian)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8", "split=test"),
-                     "report.json", "miou_hungarian"),
+            # matched as the k-means protocol matches the network's clusters: Hungarian on the IoU matrix
+            Baseline("k-means prior (G=8, Hungarian on IoU)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8",
+                     "split=test"), "report.json", "miou_hungarian_iou"),
+            # what the method's input saliency (saliency_unsup) scores alone, under each protocol
+            Baseline("saliency_only, k-means protocol", ("evaluate.py", "experiment=maskcontrast_stanford",
+                     "task=kmeans", "split=test", "control=saliency_only", "progress=false"), "metrics.json",
+                     "kmeans/saliency_only/miou"),
+            Baseline("saliency_only, linear probe on [saliency, colour]", ("evaluate.py",
+                     "experiment=maskcontrast_stanford", "task=linear_probe", "split=test", "control=saliency_only",
+                     "progress=false"), "metrics.json", "linear_probe/linear_probe/miou"),
             Baseline("random init, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=linear_probe", "split=test", "progress=false"), "metrics.json",
                      "linear_probe/linear_probe/miou"),

@@ -4,7 +4,7 @@ Per seed: classifier -> pseudo labels from Grad-CAM alone and from Grad-CAM + sa
 single-stage model -> its pseudo labels; DeepLab on the CAM + saliency pseudo labels; the fully
 supervised DeepLab at the same budget. Pseudo labels are scored on the training split (class ids as
 they are, no matching; pixels a prior leaves at 255 are excluded and reported as ``coverage``);
-segmentation mIoU on the validation split. Prints and writes a Markdown table of mean ± std.
+segmentation mIoU on the test split (train.py tests best.ckpt, chosen on val). Prints and writes a Markdown table of mean ± std.
 
     python bench/weak_stanford.py --seeds 0 1 2 --out /tmp/weak_runs [--epochs 2]
 
@@ -120,8 +120,8 @@ def main() -> None:
         for label, value in zip(labels, scores[3 * n: 3 * n + 3], strict=True):
             results[f"pseudo {label}: train mIoU"] = value["miou"]
             results[f"pseudo {label}: coverage"] = value["coverage"]
-        results["DeepLab on CAM+saliency+CRF: val mIoU"] = 100 * weak["test/miou"]
-        results["DeepLab fully supervised: val mIoU"] = 100 * full["test/miou"]
+        results["DeepLab on CAM+saliency+CRF: test mIoU"] = 100 * weak["test/miou"]
+        results["DeepLab fully supervised: test mIoU"] = 100 * full["test/miou"]
         for key, value in results.items():
             rows.setdefault(key, []).append(value)
         print(json.dumps({"seed": seed, **results}, indent=1), flush=True)

@@ -140,9 +140,29 @@ def _run(make_cfg: Callable[..., DictConfig], overrides: list[str]) -> dict[str,
     return metrics
 
 
-def test_experiment_clusternet_runs_on_shapes(make_cfg: Callable[..., DictConfig]) -> None:
+def test_experiment_clusternet_runs_and_its_spectral_layer_gives_cluster_means(
+    make_cfg: Callable[..., DictConfig],
+) -> None:
+    """The experiment's own network on a real batch: the spectral layer's output is, per cluster of
+    layer4 channels, the mean of those channels; the channels fall into several clusters."""
     metrics = _run(make_cfg, ["experiment=clusternet", "data=shapes", *SMALL, *FAST_RUN])
-    assert 0.0 <= metrics["test/miou"] <= 1.0
+    assert metrics["test/miou"] is not None and math.isfinite(metrics["train/loss"])
+    cfg = make_cfg(["experiment=clusternet", "data=shapes", *SMALL, "data.batch_size=2"])
+    module = instantiate(cfg.model).eval()
+    spectral = next(m for m in module.modules() if isinstance(m, SpectralClustering))
+    seen: dict[str, torch.Tensor] = {}
+    spectral.register_forward_hook(lambda mod, args, out: seen.update(x=args[0], y=out))
+    batch = next(iter(instantiate(cfg.data).train_dataloader()))
+    with torch.no_grad():
+        module.predict(batch["image"])
+    x, y = seen["x"], seen["y"]
+    labels = spectral.assign(x)
+    assert y.shape == (x.shape[0], 8, *x.shape[2:]) and labels.shape == x.shape[:2]
+    for b in range(x.shape[0]):
+        used = labels[b].unique()
+        assert len(used) >= 2, "every channel in one cluster"
+        for k in used:
+            torch.testing.assert_close(y[b, k], x[b, labels[b] == k].mean(0), rtol=1e-4, atol=1e-5)
 
 
 def test_stanford_experiments_differ_only_by_the_spectral_layer_and_lr(

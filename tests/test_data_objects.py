@@ -33,10 +33,12 @@ def test_raw_sample_contract_one_object_class_per_image() -> None:
         raw = ds.load(i)
         assert raw["image"].dtype == np.uint8 and raw["image"].shape == (48, 48, 3)
         assert raw["mask"].dtype == np.uint8 and raw["mask"].shape == (48, 48) and raw["mask"].max() < C
-        np.testing.assert_array_equal(raw["saliency"] == 1, raw["mask"] > 0)
+        assert "saliency" not in raw  # no input computed from the mask (tests/test_no_label_inputs.py)
         objects = set(np.unique(raw["mask"]).tolist()) - {0}
         assert len(objects) == 1, objects
-        assert 0 < raw["saliency"].sum() < 48 * 48
+        assert 0 < (raw["mask"] > 0).sum() < 48 * 48
+    oracle = ObjectsDataset("val", 2, image_size=48, oracle_saliency=True).load(1)  # the named oracle
+    np.testing.assert_array_equal(oracle["saliency"] == 1, oracle["mask"] > 0)
 
 
 def test_bad_arguments_are_named() -> None:
@@ -53,7 +55,7 @@ def _object_colours(ds: ObjectsDataset, n: int) -> tuple[np.ndarray, np.ndarray]
     colours, classes = [], []
     for i in range(n):
         raw = ds.load(i)
-        colours.append(raw["image"][raw["saliency"] == 1].mean(0))
+        colours.append(raw["image"][raw["mask"] > 0].mean(0))
         classes.append(int(raw["mask"].max()))
     return np.array(colours), np.array(classes)
 
@@ -85,7 +87,7 @@ def test_datamodule_from_yaml_gives_the_batch_contract(make_cfg: Callable[..., D
     dm = instantiate(cfg.data)
     assert isinstance(dm, ObjectsDataModule) and dm.num_classes == C and len(dm.palette) == C
     batch = next(iter(dm.train_dataloader()))
-    assert batch["image"].shape == (4, 3, 32, 32) and batch["saliency"].shape == (4, 32, 32)
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["mask"].shape == (4, 32, 32)
     assert batch["labels"].shape == (4, C)
     assert dm.dataset("val").ids[0] == "val_00000" and len(dm.dataset("test")) == cfg.data.num_test
 

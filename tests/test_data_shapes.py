@@ -48,9 +48,11 @@ def test_raw_sample_contract() -> None:
         assert raw["image"].dtype == np.uint8 and raw["image"].shape == (48, 48, 3)
         assert raw["mask"].dtype == np.uint8 and raw["mask"].shape == (48, 48)
         assert raw["mask"].max() < C
-        # saliency is exactly the object classes; every image has an object and some stuff
-        np.testing.assert_array_equal(raw["saliency"] == 1, raw["mask"] >= NUM_STUFF)
-        assert 0 < raw["saliency"].sum() < 48 * 48
+        assert "saliency" not in raw  # no input computed from the mask (tests/test_no_label_inputs.py)
+        # every image has an object and some stuff
+        assert 0 < ShapesDataset.foreground(raw["mask"]).sum() < 48 * 48
+    oracle = ShapesDataset("test", 2, image_size=48, oracle_saliency=True).load(1)  # the named oracle
+    np.testing.assert_array_equal(oracle["saliency"] == 1, oracle["mask"] >= NUM_STUFF)
 
 
 def test_batch_contract_from_dataloader() -> None:
@@ -58,8 +60,8 @@ def test_batch_contract_from_dataloader() -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].dtype == torch.float32 and batch["image"].shape == (4, 3, 64, 64)
-    for key in ("mask", "saliency"):
-        assert batch[key].dtype == torch.int64 and batch[key].shape == (4, 64, 64)
+    assert batch["mask"].dtype == torch.int64 and batch["mask"].shape == (4, 64, 64)
+    assert "saliency" not in batch
     assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (4, C)
     assert batch["index"].dtype == torch.int64 and len(batch["name"]) == 4
     for b in range(4):  # labels = classes present in the (cropped) mask

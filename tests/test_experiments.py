@@ -1,8 +1,9 @@
 """Every conf/experiment/*.yaml composes and runs with fast_dev_run on the synthetic data.
 
 Experiments that train on a cached prior get it computed first by train's prior_auto (the real
-make_priors, same data config). Priors that need a trained model (a checkpoint) are exercised
-end to end by the pipeline tests named in CHAINED.
+make_priors, same data config); a prior made by a model (cam_saliency) gets that model trained first
+on the run's own data, one batch per split (``prior_model_overrides=["debug=fdr"]``), on a few images.
+No experiment is skipped.
 """
 
 from __future__ import annotations
@@ -16,11 +17,8 @@ from omegaconf import OmegaConf
 from tests.conftest import EXPERIMENTS, ROOT, compose_config
 from usgs.run.train import train
 
-# Experiments whose prior comes from a model trained first; the named tests run that whole chain.
-CHAINED = {
-    "weak_deeplab": "tests/test_weak_pipeline.py (classifier -> cam_saliency -> weak_deeplab)",
-    "weak_deeplab_stanford": "tests/test_weak_pipeline.py (classifier -> cam_saliency -> weak_deeplab)",
-}
+# A prior made by a trained model: that model one batch per split, and the prior of a few images.
+CHAINED = ['prior_model_overrides=["debug=fdr"]', "data.num_train=8", "data.num_val=4", "data.num_test=4"]
 FAST = ["data=shapes", "data.image_size=32", "data.batch_size=4", "data.eval_batch_size=4",
         "trainer.fast_dev_run=true", "logger=csv"]
 # Vaihingen experiments set the Vaihingen DataModule's tile splits, which the synthetic data has
@@ -74,8 +72,8 @@ def test_experiment_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     assert cfg.get("tags"), f"experiment/{experiment}.yaml should set tags"
     prior = cfg.data.get("prior")
     if prior and _prior_needs_checkpoint(prior):
-        assert experiment in CHAINED, f"{experiment} needs a trained prior model: add its pipeline test to CHAINED"
-        pytest.skip(f"prior {prior} needs a trained model; covered by {CHAINED[experiment]}")
+        cfg = compose_config("train", [f"experiment={experiment}", *overrides, "trainer.fast_dev_run=true",
+                                       *CHAINED], tmp_path)
     train(cfg)  # a prior cache is computed first by prior_auto (usgs/run/prior_auto.py)
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert "train/loss" in metrics and "val/miou" in metrics

@@ -56,9 +56,9 @@ def test_random_masks_give_identical_checkpoints(experiment: str, make_cfg, tmp_
     runs = {}
     for name in ("true_masks", "random_masks"):
         cfg = make_cfg([f"experiment={experiment}", *SMALL, *LABEL_FREE[experiment]], run_dir=tmp_path / name)
-        if cfg.data.get("prior"):
-            write_prior_cache(cfg)  # the prior is an input, the same in both runs (written before masks change)
-        if name == "random_masks":
+        if cfg.data.get("prior") == "kmeans":  # twins: a stand-in prior, the same input in both runs
+            write_prior_cache(cfg)
+        if name == "random_masks":  # MaskContrast's saliency_unsup is computed (prior_auto) after this
             _random_masks(monkeypatch)
         train(cfg)
         runs[name] = tmp_path / name
@@ -72,3 +72,32 @@ def test_random_masks_give_identical_checkpoints(experiment: str, make_cfg, tmp_
     metrics = [json.loads((run / "metrics.json").read_text()) for run in runs.values()]
     assert metrics[0]["train/loss"] == metrics[1]["train/loss"]
     assert metrics[0]["val/miou"] != metrics[1]["val/miou"]  # the masks did change, and validation saw them
+
+
+SAMPLER = "data.train_sampler={_target_:usgs.data.sampling.rare_class_sampler,_partial_:true,rare_classes:[3]}"
+EARLY_STOP = ["+callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping",
+              "+callbacks.early_stopping.monitor=val/miou"]
+
+
+@pytest.mark.parametrize("experiment", sorted(LABEL_FREE))
+@pytest.mark.parametrize(("overrides", "named"), [
+    ([SAMPLER], "data.train_sampler=usgs.data.sampling.rare_class_sampler"),
+    (["data.prior=cam_saliency"], "data.prior=cam_saliency"),
+    (EARLY_STOP, "callbacks.early_stopping acts on val/miou"),
+])
+def test_a_mask_reading_component_stops_a_label_free_run_at_start_up(
+        experiment: str, overrides: list[str], named: str, make_cfg, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run started work before refusing")
+
+    monkeypatch.setattr("usgs.run.train.ensure_priors", no_work)  # refused before any prior is computed
+    cfg = make_cfg([f"experiment={experiment}", *SMALL, *LABEL_FREE[experiment], *overrides])
+    with pytest.raises(ValueError, match=named.replace("[", r"\[")):
+        train(cfg)
+
+
+def test_a_method_that_learns_from_labels_keeps_its_sampler(make_cfg, tmp_path: Path) -> None:
+    cfg = make_cfg(["experiment=supervised", *SMALL, SAMPLER, "trainer.max_epochs=1", "test=false"])
+    train(cfg)
+    assert (tmp_path / "checkpoints" / "best.ckpt").is_file()

@@ -115,7 +115,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["local", "finalize"])  # "fit" works alike (a fit is redone)
+@pytest.mark.parametrize("stage", ["local", "fit", "finalize"])  # killed in fit: the fit is redone
 def test_sigkill_in_any_stage_resumes_to_the_same_cache(
     reference: dict[str, bytes], tmp_path: Path, stage: str
 ) -> None:

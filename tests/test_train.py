@@ -155,7 +155,9 @@ def test_joblib_multirun_sweeps_two_values(tmp_path: Path) -> None:
     assert "seed=1" in table and "seed=2" in table and "val/miou_best" in table
 
 
-def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:
+def test_optuna_search_never_tests_and_prints_the_one_test_command(tmp_path: Path) -> None:
+    """hparams_search sets test=false itself: no trial runs a test step, the sweep table holds val only,
+    and the best trial's configuration is tested once by the printed command."""
     out = run_cli(
         [
             "train.py",
@@ -164,7 +166,6 @@ def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:
             "hydra.sweeper.sampler.n_startup_trials=1",
             *TINY,
             "logger=csv",
-            "test=false",
             f"hydra.sweep.dir={tmp_path}",
         ]
     )
@@ -172,6 +173,17 @@ def test_optuna_example_runs_trials_and_reports_best(tmp_path: Path) -> None:
     best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert "model.optimizer.lr" in best["best_params"]
     assert 0.0 <= best["best_value"] <= 1.0
+    trials = sorted(tmp_path.glob("*/metrics.json"))
+    assert len(trials) == 2
+    for trial in trials:
+        assert not [k for k in json.loads(trial.read_text()) if k.startswith("test/")], trial
+        assert yaml.safe_load((trial.parent / "config.yaml").read_text())["test"] is False
+    table = (tmp_path / "multirun_report.md").read_text()
+    assert "val/miou_best" in table and "test/" not in table
+    command = (tmp_path / "test_command.txt").read_text().splitlines()[-1]
+    assert command.startswith("python train.py ") and command.endswith(" test=true")
+    assert f"model.optimizer.lr={best['best_params']['model.optimizer.lr']}" in command
+    assert "hparams_search" not in command and command in out.stdout
 
 
 def test_tensorboard_gets_config_text_and_titled_overlays(make_cfg, tmp_path: Path) -> None:

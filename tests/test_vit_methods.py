@@ -24,7 +24,8 @@ FAST = ["logger=csv", "data.num_workers=0", "trainer.fast_dev_run=true", "data.i
 
 @pytest.mark.parametrize("head", ["deeplabv3", "patch_head"])
 def test_maskcontrast_trains_on_a_vit(tmp_path: Path, head: str) -> None:
-    cfg = compose_config("train", ["experiment=maskcontrast", *FAST], tmp_path)
+    # eight training images: the experiment's saliency_unsup prior is computed for them first (prior_auto)
+    cfg = compose_config("train", ["experiment=maskcontrast", *FAST, "data.num_train=8", "data.num_val=4"], tmp_path)
     with open_dict(cfg):
         if head == "patch_head":  # the light head of conf/model/net/patch_head.yaml
             cfg.model.net = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/net/patch_head.yaml"),

@@ -6,10 +6,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger, WandbLogger
 from torch import Tensor
 
 from usgs.visualize import color_palette, prediction_panel
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """``best.ckpt``: the epoch with the highest validation metric, for methods that learn from labels.
+
+    A label-free method (``uses_labels`` False) leaves this one out and keeps ``last.ckpt``
+    (``usgs.run.checkpoints.select_callbacks``); any *other* callback that acts on a val/test metric
+    stops such a run at start-up.
+    """
 
 
 class PredictionOverlays(pl.Callback):

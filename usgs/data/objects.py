@@ -17,8 +17,9 @@ background. This dataset has that structure:
 An object differs from the background by its texture contrast and compact shape, not by its colour:
 backgrounds take every hue, so colour clustering (the k-means prior) confuses objects with
 backgrounds (tests/test_data_objects.py), and MaskContrast's photometric augmentation (hue jitter,
-grayscale) makes colour an unreliable cue for the network too. ``saliency`` marks the object pixels
-(the saliency estimator's output in MaskContrast's setting). Every sample is rendered from
+grayscale) makes colour an unreliable cue for the network too. No saliency is given by default (a method that
+needs one runs an estimator on the images, ``data.prior=saliency_unsup``); ``saliency=oracle`` adds the
+ground-truth object pixels, an oracle whose numbers are labelled so. Every sample is rendered from
 ``numpy.random.default_rng([seed, split, index])``: deterministic, about 1 ms at 48 px.
 """
 
@@ -97,7 +98,7 @@ def _object_texture(cls: int, rng: np.random.Generator, size: int) -> np.ndarray
 
 
 def render_objects(rng: np.random.Generator, size: int, max_objects: int = 2) -> dict[str, np.ndarray]:
-    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S], ``saliency`` uint8 [S,S]."""
+    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S]."""
     image = _background(rng, size)
     mask = np.zeros((size, size), dtype=np.uint8)
     cls = int(rng.integers(1, len(CLASS_NAMES)))
@@ -105,8 +106,7 @@ def render_objects(rng: np.random.Generator, size: int, max_objects: int = 2) ->
         region = shape_region(_OBJECTS[cls][0], rng, size, OBJECT_RADIUS)
         image[region] = _object_texture(cls, rng, size)[region]
         mask[region] = cls
-    saliency = (mask > 0).astype(np.uint8)
-    return {"image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask, "saliency": saliency}
+    return {"image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask}
 
 
 class ObjectsDataset(ShapesDataset):
@@ -115,8 +115,14 @@ class ObjectsDataset(ShapesDataset):
     class_names = CLASS_NAMES
 
     def __init__(self, split: str, num_samples: int, image_size: int = 48, seed: int = 0, max_objects: int = 2,
-                 transform: Transform | None = None, prior_dir: Path | None = None) -> None:
-        super().__init__(split, num_samples, image_size, seed, max_objects, transform, prior_dir)
+                 transform: Transform | None = None, prior_dir: Path | None = None,
+                 oracle_saliency: bool = False) -> None:
+        super().__init__(split, num_samples, image_size, seed, max_objects, transform, prior_dir, oracle_saliency)
+
+    @staticmethod
+    def foreground(mask: np.ndarray) -> np.ndarray:
+        """Ground-truth object pixels (bool [H,W]): every class but the background."""
+        return mask > 0
 
     def render(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         return render_objects(rng, self.image_size, self.max_objects)
@@ -134,6 +140,6 @@ class ObjectsDataModule(ShapesDataModule):
     dataset_class = ObjectsDataset
 
     def __init__(self, *, image_size: int = 48, num_train: int = 512, num_val: int = 128, num_test: int = 128,
-                 data_seed: int = 0, max_objects: int = 2, **kwargs: Any) -> None:
+                 data_seed: int = 0, max_objects: int = 2, saliency: str | None = None, **kwargs: Any) -> None:
         super().__init__(image_size=image_size, num_train=num_train, num_val=num_val, num_test=num_test,
-                         data_seed=data_seed, max_objects=max_objects, **kwargs)
+                         data_seed=data_seed, max_objects=max_objects, saliency=saliency, **kwargs)

@@ -8,8 +8,12 @@ strong pixel noise, wall = bricks) and four object classes, each a distinct shap
 texture (circle = dots, square = diagonal stripes, triangle = checkerboard, cross = solid + mild
 noise). Every colour is drawn independently of the class, so a class can only be told by shape and
 texture: raw colour k-means does not solve it (see tests/test_data_shapes.py), which is the regime the
-unsupervised methods of the suite are meant for. ``saliency`` marks object pixels; ``labels`` are the
-classes present (derived from the mask after the transform).
+unsupervised methods of the suite are meant for. ``labels`` are the classes present (derived from the
+mask after the transform).
+
+No input is computed from the masks by default: a method that needs saliency gets it from an estimator
+on the images (``data.prior=saliency_unsup``). ``saliency=oracle`` adds ``saliency`` = the ground-truth
+object pixels: an ORACLE (label every number it gives "oracle saliency"), never a default.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def wavy_bands(rng: np.random.Generator, size: int, num_bands: int) -> np.ndarra
 
 
 def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[str, np.ndarray]:
-    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S], ``saliency`` uint8 [S,S]."""
+    """One raw sample: ``image`` uint8 [S,S,3], ``mask`` uint8 [S,S]."""
     num_bands = int(rng.integers(2, NUM_STUFF + 1))
     stuff = rng.permutation(NUM_STUFF)[:num_bands]
     band = wavy_bands(rng, size, num_bands)
@@ -123,20 +127,31 @@ def render(rng: np.random.Generator, size: int, max_objects: int = 3) -> dict[st
     for cls in stuff:
         region = mask == cls
         image[region] = class_texture(int(cls), rng, size)[region]
-    saliency = np.zeros((size, size), dtype=np.uint8)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         cls = int(rng.integers(NUM_STUFF, len(CLASS_NAMES)))
         region = shape_region(cls, rng, size)
         image[region] = class_texture(cls, rng, size)[region]
         mask[region] = cls
-        saliency[region] = 1
-    return {"image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask, "saliency": saliency}
+    return {"image": np.clip(image, 0, 255).astype(np.uint8), "mask": mask}
+
+
+SALIENCY_OPTIONS = (None, "oracle")
+
+
+def check_saliency_option(saliency: str | None) -> bool:
+    """True for ``saliency="oracle"`` (the ground-truth foreground as saliency), False for None."""
+    if saliency not in SALIENCY_OPTIONS:
+        raise ValueError(f"data.saliency={saliency!r}: expected null (no saliency; use data.prior=saliency_unsup) "
+                         "or 'oracle' (the ground-truth foreground, an oracle)")
+    return saliency == "oracle"
 
 
 class ShapesDataset(SegmentationDataset):
     """Synthetic textured shapes (see module docstring); ``num_samples`` samples of ``split``.
 
-    Subclasses (``usgs.data.objects``) change ``class_names`` and :meth:`render` only.
+    Subclasses (``usgs.data.objects``) change ``class_names``, :meth:`render` and :meth:`foreground`.
+    ``oracle_saliency`` adds ``saliency`` = :meth:`foreground` of the mask (an oracle, see the module
+    docstring).
     """
 
     class_names: tuple[str, ...] = CLASS_NAMES
@@ -150,6 +165,7 @@ class ShapesDataset(SegmentationDataset):
         max_objects: int = 3,
         transform: Transform | None = None,
         prior_dir: Path | None = None,
+        oracle_saliency: bool = False,
     ) -> None:
         if split not in _SPLIT_CODE:
             raise ValueError(f"unknown split {split!r}; valid: {list(_SPLIT_CODE)}")
@@ -160,6 +176,12 @@ class ShapesDataset(SegmentationDataset):
         super().__init__(len(self.class_names), transform, prior_dir)
         self.split, self.image_size, self.seed, self.max_objects = split, image_size, seed, max_objects
         self.ids = [f"{split}_{i:05d}" for i in range(num_samples)]
+        self.oracle_saliency = oracle_saliency
+
+    @staticmethod
+    def foreground(mask: np.ndarray) -> np.ndarray:
+        """Ground-truth object pixels (bool [H,W]): the four object classes."""
+        return mask >= NUM_STUFF
 
     def render(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """One raw sample drawn from ``rng``."""
@@ -168,14 +190,18 @@ class ShapesDataset(SegmentationDataset):
     def load(self, index: int) -> dict[str, np.ndarray]:
         if not 0 <= index < len(self.ids):
             raise IndexError(f"index {index} out of range for {len(self.ids)} {self.split} samples")
-        return self.render(np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index]))
+        raw = self.render(np.random.default_rng([self.seed, _SPLIT_CODE[self.split], index]))
+        if self.oracle_saliency:
+            raw["saliency"] = self.foreground(raw["mask"]).astype(np.uint8)
+        return raw
 
 
 class ShapesDataModule(SegmentationDataModule):
     """DataModule of the synthetic shapes (the default ``data=shapes``).
 
     ``data_seed`` fixes the generated images (the data's identity, kept constant across training
-    seeds); the base ``seed`` only drives the training shuffle.
+    seeds); the base ``seed`` only drives the training shuffle. ``saliency``: None (default, no
+    saliency key) or "oracle" (the ground-truth foreground, see the module docstring).
     """
 
     name = "shapes"
@@ -192,13 +218,14 @@ class ShapesDataModule(SegmentationDataModule):
         num_test: int = 64,
         data_seed: int = 0,
         max_objects: int = 3,
+        saliency: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.image_size, self.data_seed, self.max_objects = image_size, data_seed, max_objects
+        self.oracle_saliency = check_saliency_option(saliency)
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
 
     def build_dataset(self, split: str, transform: Transform | None, prior_dir: Path | None) -> ShapesDataset:
-        return self.dataset_class(
-            split, self.sizes[split], self.image_size, self.data_seed, self.max_objects, transform, prior_dir
-        )
+        return self.dataset_class(split, self.sizes[split], self.image_size, self.data_seed, self.max_objects,
+                                  transform, prior_dir, self.oracle_saliency)

@@ -122,19 +122,29 @@ def score_prior_dir(
             pred = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
             if pred is None:
                 raise FileNotFoundError(f"prior map {path} missing or unreadable")
-            raw = dataset.load(i)
-            if key not in raw:
+            target = ground_truth(dataset, dataset.load(i), key)
+            if target is None:
                 raise MissingGroundTruthError(
-                    f"{dataset.describe(i)} has no {key!r} ground truth (keys: {sorted(raw)}); "
-                    f"cannot score a {kind} prior on it"
+                    f"{dataset.describe(i)} has no {key!r} ground truth; cannot score a {kind} prior on it"
                 )
-            yield pred, raw[key]
+            yield pred, target
 
     a, b = itertools.tee(pairs())  # read in lockstep by the scores' zip: tee holds at most one pair
     preds, targets = (p for p, _ in a), (t for _, t in b)
     if kind == "semantic":
         return semantic_scores(preds, targets, num_classes, num_labels, class_ids=class_ids)
     return saliency_scores(preds, targets)
+
+
+def ground_truth(dataset: Any, raw: dict[str, np.ndarray], key: str) -> np.ndarray | None:
+    """``raw[key]``; for "saliency" on data that give none as an input (the built-in sets), the
+    ground-truth foreground of the mask (``dataset.foreground``), read here to score, never as an input."""
+    if key in raw:
+        return raw[key]
+    foreground = getattr(dataset, "foreground", None)
+    if key == "saliency" and callable(foreground) and "mask" in raw:
+        return foreground(raw["mask"]).astype(np.uint8)
+    return None
 
 
 def is_score(key: str) -> bool:
@@ -189,6 +199,7 @@ def prior_panel(
     n = min(num_images, len(dataset))
     key = "mask" if kind == "semantic" else "saliency"
     samples = [dataset.load(i) for i in range(n)]
+    samples = [{**s, key: gt} if (gt := ground_truth(dataset, s, key)) is not None else s for s in samples]
     preds = [cv2.imread(str(Path(prior_dir) / f"{dataset.ids[i]}.png"), cv2.IMREAD_UNCHANGED) for i in range(n)]
     has_gt = all(key in s for s in samples)
     if kind == "semantic":

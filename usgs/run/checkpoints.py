@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from usgs.callbacks import BestCheckpoint
 from usgs.methods.base import SegmentationModule
 from usgs.nets.weights import WeightsFileError, load_file
 
@@ -73,13 +74,18 @@ def load_checkpoint(ckpt_path: str | Path) -> tuple[DictConfig, SegmentationModu
 
 
 def select_callbacks(model: SegmentationModule, callbacks: dict[str, Any]) -> list[Any]:
-    """The callbacks a method may use. A label-free method (``uses_labels`` False) gets none that act on
-    a validation or test metric (checkpoint choice, early stopping): those come from ground truth."""
+    """The callbacks a method may use. A label-free method (``uses_labels`` False) uses none that act on
+    a validation or test metric, which come from ground truth: the default ``best.ckpt``
+    (:class:`BestCheckpoint`) is left out (its checkpoint is last.ckpt), any other such callback (early
+    stopping, a second checkpoint) is refused with its key."""
     kept = []
     for name, callback in callbacks.items():
         monitor = getattr(callback, "monitor", None)
         if not model.uses_labels and isinstance(monitor, str) and monitor.startswith(("val/", "test/")):
-            log.info("%s learns without labels: callbacks.%s (acts on %s) is not used; its checkpoint "
+            if not isinstance(callback, BestCheckpoint):
+                raise ValueError(f"callbacks.{name} acts on {monitor}, computed from ground-truth masks, but "
+                                 f"{type(model).__name__} learns without labels: remove it (callbacks.{name}=null)")
+            log.info("%s learns without labels: callbacks.%s (best by %s) is not used; its checkpoint "
                      "is last.ckpt", type(model).__name__, name, monitor)
             continue
         kept.append(callback)

@@ -23,7 +23,7 @@ from usgs.evaluation.feature_store import CHUNK_IMAGES, FeatureStore, module_fin
 from usgs.evaluation.features import FeatureSource
 from usgs.run.priors import parse_shard
 
-__all__ = ["feature_sources", "fill_shard"]
+__all__ = ["feature_sources", "fill_shard", "split_loader"]
 
 # data arguments that change neither the images nor the evaluation transform (left out of the identity)
 _LOADER_KEYS = {"batch_size", "eval_batch_size", "num_workers", "pin_memory", "persistent_workers", "prior",
@@ -41,6 +41,11 @@ def _loader(datamodule: SegmentationDataModule, dataset: Any) -> DataLoader:
     """Deterministic, unshuffled loader with the evaluation transform (no crops)."""
     return DataLoader(dataset, batch_size=datamodule.eval_batch_size, shuffle=False,
                       num_workers=datamodule.num_workers, pin_memory=datamodule.pin_memory)
+
+
+def split_loader(datamodule: SegmentationDataModule, split: str, max_images: int | None) -> DataLoader:
+    """Deterministic, unshuffled loader of ``split`` (its first ``max_images``) with the evaluation transform."""
+    return _loader(datamodule, _split_dataset(datamodule, split, max_images))
 
 
 def _wants_store(cfg: DictConfig, module: nn.Module) -> bool:

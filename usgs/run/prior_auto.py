@@ -47,11 +47,12 @@ def _compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
 TrainFn = Callable[[DictConfig], object]
 
 
-def ensure_priors(cfg: DictConfig, train_model: TrainFn | None = None) -> list[Path]:
+def ensure_priors(cfg: DictConfig, train_model: TrainFn | None = None, score: bool = True) -> list[Path]:
     """Make sure the cache of ``cfg.data.prior`` exists for every prior split; returns the folders.
 
     ``train_model`` trains the model a prior is made by (``cam_saliency``, ``single_stage``,
     ``saliency_sup`` without ``prior.checkpoint``); train.py passes its own ``train``.
+    ``score=False`` (a label-free run): a prior computed here is not scored against the split's masks.
     """
     prior = cfg.data.get("prior")
     if not prior:
@@ -71,29 +72,40 @@ def ensure_priors(cfg: DictConfig, train_model: TrainFn | None = None) -> list[P
             log.info("%s", err)
             log.info("prior_auto=true: computing it now with this run's data config: "
                      "python make_priors.py %s data=%s", " ".join(overrides), dataset)
-        folders.append(_make(cfg, data_node, overrides, split, train_model))
+        folders.append(_make(cfg, data_node, overrides, split, train_model, score))
     return folders
 
 
 def _make(cfg: DictConfig, data_node: DictConfig, overrides: list[str], split: str,
-          train_model: TrainFn | None) -> Path:
+          train_model: TrainFn | None, score: bool = True) -> Path:
     pcfg = _compose("make_priors", overrides)
     with open_dict(pcfg):
+        pcfg.score = score
         pcfg.data = data_node
         pcfg.paths = OmegaConf.merge(pcfg.paths, {
             "priors_dir": str(cfg.paths.priors_dir),
             "output_dir": str(Path(cfg.paths.output_dir) / "priors" / split),
         })
         if "checkpoint" in pcfg.prior and not pcfg.prior.checkpoint:
+            own_data = bool(pcfg.prior.get("reads_target_labels", False))
             pcfg.prior.checkpoint = str(_prior_model(cfg, data_node, str(pcfg.prior.train_command),
-                                                      train_model))
+                                                      train_model, own_data))
+    saliency = pcfg.prior.get("saliency")
+    if saliency not in (None, "dataset"):  # a prior read by this one (cam_saliency's saliency_unsup) first
+        ensure_priors(OmegaConf.merge(cfg, {"data": {"prior": saliency, "prior_splits": [split]},
+                                            "prior_overrides": []}), train_model, score)
     report = make_priors(pcfg)
     return Path(cfg.paths.priors_dir) / report["data"] / split / report["folder"]
 
 
 def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str,
-                 train_model: TrainFn | None) -> Path:
-    """Checkpoint of the model a prior needs, trained now by its ``train_command`` (once per run)."""
+                 train_model: TrainFn | None, own_data: bool = False) -> Path:
+    """Checkpoint of the model a prior needs, trained now by its ``train_command`` (once per run).
+
+    It trains on the run's own data config when it trains on the same dataset class, and always when
+    ``own_data`` (a prior that learns the run's labels, ``reads_target_labels``: same images and class
+    count as the run, whatever dataset its experiment names). ``trainer.fast_dev_run`` writes no
+    checkpoint, so its one-batch budget is run as one epoch of one batch per split instead."""
     run_dir = Path(cfg.paths.output_dir) / "prior_model"
     if (ckpt := _checkpoint(run_dir)) is not None:
         return ckpt
@@ -106,8 +118,13 @@ def _prior_model(cfg: DictConfig, data_node: DictConfig, train_command: str,
                          "prior.checkpoint=..., or call ensure_priors with train_model=usgs.run.train.train")
     tcfg = _compose("train", overrides)
     with open_dict(tcfg):
-        if tcfg.data.get("_target_") == data_node.get("_target_"):  # same dataset: same images and classes
+        if own_data or tcfg.data.get("_target_") == data_node.get("_target_"):  # same images and classes
             tcfg.data = data_node
+        if tcfg.trainer.get("fast_dev_run"):
+            tcfg.trainer.fast_dev_run = False
+            tcfg.trainer.max_epochs = 1
+            for split in ("train", "val", "test"):
+                tcfg.trainer[f"limit_{split}_batches"] = 1
         tcfg.paths = OmegaConf.merge(tcfg.paths, {"output_dir": str(run_dir),
                                                   "priors_dir": str(cfg.paths.priors_dir)})
         tcfg.test = False

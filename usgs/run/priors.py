@@ -70,6 +70,7 @@ _NOT_ARGS = (
     "features_checkpoint",
     "train_command",
     "fit_split",
+    "reads_target_labels",
 )
 FIT_FILE = ".fit.npz"  # what compute_prior stores of the prior's fit (kept after the cache is finished)
 
@@ -229,13 +230,16 @@ def _make_priors(cfg: DictConfig) -> dict[str, Any]:
         "no_proposal": manifest["counts"]["no_proposal"],
         "ms_per_image": manifest["ms_per_image"],
     }
-    report.update(_scores(out_dir, report, dataset, prior, datamodule.num_classes, bool(cfg.progress)))
+    scored = bool(cfg.get("score", True))  # false: a label-free run's prior, never compared with its masks
+    if scored:
+        report.update(_scores(out_dir, report, dataset, prior, datamodule.num_classes, bool(cfg.progress)))
     for path in {out_dir, Path(cfg.paths.output_dir)}:
         text = write_report(path, report, f"prior {out_dir.name} on {datamodule.name}/{cfg.split}")
-    panel = prior_panel(out_dir, dataset, prior.kind, datamodule.num_classes, prior.num_labels,
-                        datamodule.palette, datamodule.class_names, int(cfg.get("panel_images", 6)))
-    for path in {out_dir, Path(cfg.paths.output_dir)}:
-        write_png(path / "panel.png", panel)
+    if scored:  # the panel shows the ground truth too
+        panel = prior_panel(out_dir, dataset, prior.kind, datamodule.num_classes, prior.num_labels,
+                            datamodule.palette, datamodule.class_names, int(cfg.get("panel_images", 6)))
+        for path in {out_dir, Path(cfg.paths.output_dir)}:
+            write_png(path / "panel.png", panel)
     print(text)
     print(f"[usgs] report and panel (image | prior | ground truth): {out_dir}/report.md, {out_dir}/panel.png")
     return report

@@ -51,6 +51,31 @@ class MultirunTable(Callback):
         print(text)
 
 
+class BestTrialCommand(Callback):
+    """Hydra callback of a hyperparameter search (``hparams_search/*``, whose trials run ``test=false``):
+    at the end it prints, and writes to ``<sweep dir>/test_command.txt``, the one command that trains
+    the best trial's configuration (by the val metric the search optimised) and tests it once."""
+
+    def __init__(self, script: str = "train.py", output: str = "test_command.txt") -> None:
+        self.script, self.output = script, output
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = sweep_dir / "optimization_results.yaml"
+        if not results.is_file():
+            log.warning("no %s: the search chose no configuration to test", results)
+            return
+        best = OmegaConf.load(results)
+        params = {str(k): v for k, v in (best.get("best_params") or {}).items()}
+        task = [o for o in config.hydra.overrides.task if o.split("=", 1)[0].lstrip("+~") not in params
+                and not o.startswith(("hparams_search=", "hydra.", "test="))]
+        command = " ".join(["python", self.script, *task, *(f"{k}={v}" for k, v in params.items()), "test=true"])
+        text = (f"# best trial: {config.get('optimized_metric')} = {best.get('best_value')} (val); "
+                f"test it once:\n{command}\n")
+        atomic_write_text(sweep_dir / self.output, text)
+        print(text)
+
+
 def _job_order(name: str) -> tuple[int, str]:
     number = name.split("_", 1)[0]
     return (int(number) if number.isdigit() else 1 << 30, name)

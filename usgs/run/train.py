@@ -20,6 +20,7 @@ from usgs.callbacks import StoreConfig
 from usgs.errors import ConfigError
 from usgs.nets.weights import SAFE_GLOBALS
 from usgs.run.checkpoints import checkpoint_to_test, select_callbacks
+from usgs.run.label_free import check_label_free
 from usgs.run.outputs import AtomicCheckpointIO, flat_metrics, write_metrics
 from usgs.run.prior_auto import ensure_priors
 from usgs.run.resume import last_checkpoint
@@ -50,16 +51,20 @@ def train(cfg: DictConfig) -> float | None:
     # resume=true: the checkpoint is checked (weights_only, a full checkpoint) before anything is written
     resume = last_checkpoint(Path(cfg.paths.output_dir)) if cfg.get("resume") else None
     run_dir, config, sha = start_run(cfg)
-    ensure_priors(cfg, train_model=train)  # a missing data.prior cache is computed first (unless prior_auto=false)
-    datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
+    # Refusals first (a label-free method given a mask-reading sampler, prior or callback), before any work.
+    check_label_free(cfg, type(model).__name__, model.uses_labels)
     # A full checkpoint holds the weights and up to two optimizer moments per weight (Adam; SGD one).
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     check_free_space(run_dir, 3 * weights, "a checkpoint of this model (weights + optimizer state)")
-    if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
-        model.class_names = list(datamodule.class_names)
     record = StoreConfig(config)
     callbacks = [*select_callbacks(model, _instantiate_group(cfg.get("callbacks"), "callbacks")), record]
+    # A missing data.prior cache is computed first (unless prior_auto=false); for a label-free method
+    # without scoring it against the training masks.
+    ensure_priors(cfg, train_model=train, score=model.uses_labels)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
+        model.class_names = list(datamodule.class_names)
     loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()])
