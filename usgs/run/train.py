@@ -80,6 +80,9 @@ def train(cfg: DictConfig) -> float | None:
     ensure_priors(cfg)  # a missing data.prior cache is computed first (unless prior_auto=false)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
+    training_data = getattr(model, "training_data", None)
+    if callable(training_data):  # a method that trains on its own view of the data (STEGO's crop pairs)
+        datamodule = training_data(datamodule)
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
         model.class_names = list(datamodule.class_names)
     record = StoreConfig(config)
