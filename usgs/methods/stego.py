@@ -57,7 +57,8 @@ class Stego(SegmentationModule):
                  stabalize: bool = False, correspondence_weight: float = 1.0,
                  pos_intra_weight: float = 0.67, pos_inter_weight: float = 0.25, neg_inter_weight: float = 0.63,
                  pos_intra_shift: float = 0.18, pos_inter_shift: float = 0.12, neg_inter_shift: float = 0.46,
-                 res: int = 224, crop_ratio: float = 0.5, num_neighbors: int = 7, cache_features: bool = True,
+                 res: int = 224, crop_type: str | None = "five", crop_ratio: float = 0.5, num_neighbors: int = 7, cache_features: bool = True,
+                 max_train_images: int | None = None,
                  cache_dir: str = "cache/priors", crf: Refine | None = None, crf_workers: int = 2,
                  crf_timeout: float = 300.0, flip: bool = True, eval_alpha: float = 2.0,
                  class_names: list[str] | None = None) -> None:
@@ -77,7 +78,8 @@ class Stego(SegmentationModule):
                                  zero_clamp=zero_clamp, stabilize=stabalize)
         self.correspondence_weight = correspondence_weight
         self.lr, self.probe_lr = lr, probe_lr
-        self.bank_options = dict(res=res, crop_ratio=crop_ratio, cache_features=cache_features)
+        self.bank_options = dict(res=res, crop_type=crop_type, crop_ratio=crop_ratio, cache_features=cache_features,
+                                 max_images=max_train_images)
         self.num_neighbors, self.cache_dir = num_neighbors, cache_dir
         self.crf, self.crf_workers, self.crf_timeout = crf, crf_workers, crf_timeout
         self.flip, self.eval_alpha = flip, eval_alpha

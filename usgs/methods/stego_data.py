@@ -102,16 +102,36 @@ def _state_digest(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+class _Prefix:
+    """The first ``n`` samples of a raw dataset (``load_checked`` only)."""
+
+    def __init__(self, dataset: Any, n: int) -> None:
+        self.dataset, self.n = dataset, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load_checked(self, index: int) -> dict[str, np.ndarray]:
+        return self.dataset.load_checked(index)
+
+
 class CropBank:
     """The five-crop training set of a DataModule's train split (see the module docstring)."""
 
     def __init__(self, datamodule: SegmentationDataModule, backbone: nn.Module, cache_root: str | Path,
-                 res: int = 224, crop_ratio: float = 0.5, cache_features: bool = True, chunk: int = 64,
-                 knn_block: int = 4096, device: torch.device | str = "cpu") -> None:
-        raw = datamodule.dataset("train", transform=None)
-        config = {"res": res, "crop_ratio": crop_ratio, "cache_features": cache_features, "k": KNN_STORED,
+                 res: int = 224, crop_ratio: float = 0.5, crop_type: str | None = "five",
+                 cache_features: bool = True, chunk: int = 64,
+                 knn_block: int = 4096, device: torch.device | str = "cpu", max_images: int | None = None) -> None:
+        raw: Any = datamodule.dataset("train", transform=None)
+        identity = datamodule.data_identity(raw)
+        if max_images is not None and max_images < len(raw):  # the first images (budget curves, tests)
+            raw = _Prefix(raw, int(max_images))
+        if crop_type not in ("five", None):
+            raise ValueError(f"crop_type must be 'five' or null (whole images), got {crop_type!r}")
+        self.per_image = 5 if crop_type == "five" else 1
+        config = {"max_images": max_images, "crop_type": crop_type, "res": res, "crop_ratio": crop_ratio, "cache_features": cache_features, "k": KNN_STORED,
                   "backbone": type(backbone).__name__, "weights": _state_digest(backbone),
-                  "data": datamodule.data_identity(raw)}
+                  "data": identity}
         digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:10]
         self.folder = Path(cache_root) / datamodule.name / "train" / f"stego_bank-{digest}"
         self.cache_features, self.res = cache_features, res
@@ -128,7 +148,8 @@ class CropBank:
                knn_block: int, device: torch.device) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write(self.folder / "config.json", json.dumps(config, indent=1, default=str))
-        n, res = 5 * len(raw), self.res
+        n, res, per = self.per_image * len(raw), self.res, self.per_image
+        crop = (lambda a: five_crops(a, ratio)) if per == 5 else (lambda a: [a])
         backbone = backbone.to(device).eval()
         with torch.no_grad():
             probe = frozen_features(backbone, torch.zeros(1, 3, res, res, device=device))
@@ -143,10 +164,10 @@ class CropBank:
             crops, masks = [], []
             for i in range(start, min(start + chunk, len(raw))):
                 sample = raw.load_checked(i)
-                crops += [resize_center_crop(c, res) for c in five_crops(sample["image"], ratio)]
+                crops += [resize_center_crop(c, res) for c in crop(sample["image"])]
                 mask = sample.get("mask", np.full(sample["image"].shape[:2], 255, np.uint8))
-                masks += [resize_center_crop(c, res) for c in five_crops(mask, ratio)]
-            lo, hi = 5 * start, 5 * start + len(crops)
+                masks += [resize_center_crop(c, res) for c in crop(mask)]
+            lo, hi = per * start, per * start + len(crops)
             with torch.no_grad():
                 feats = frozen_features(backbone, torch.stack([normalize(c) for c in crops]).to(device))
             arrays["masks"][lo:hi] = np.stack(masks)

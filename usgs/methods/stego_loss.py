@@ -60,7 +60,8 @@ def sample_at(t: Tensor, coords: Tensor) -> Tensor:
 
 
 def derangement(size: int, generator: torch.Generator | None = None, device: torch.device | None = None) -> Tensor:
-    """STEGO's ``super_perm``: a random permutation where fixed points are moved by one (mod size)."""
+    """STEGO's ``super_perm``: a random permutation whose fixed points are moved on by one (mod size),
+    so no image is its own negative (the result may repeat an index, as the original's does)."""
     perm = torch.randperm(size, generator=generator).to(device)
     perm[perm == torch.arange(size, device=device)] += 1
     return perm % size
