@@ -120,7 +120,7 @@ class CropBank:
 
     def __init__(self, datamodule: SegmentationDataModule, backbone: nn.Module, cache_root: str | Path,
                  res: int = 224, crop_ratio: float = 0.5, crop_type: str | None = "five",
-                 cache_features: bool = True, chunk: int = 64,
+                 cache_features: bool = True, chunk: int = 16,
                  knn_block: int = 4096, device: torch.device | str = "cpu", max_images: int | None = None) -> None:
         raw: Any = datamodule.dataset("train", transform=None)
         identity = datamodule.data_identity(raw)
