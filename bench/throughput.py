@@ -8,6 +8,11 @@ data loader is not timed: bench/gpu_results.sh times the real-data runs).
 
     python bench/throughput.py                                   # GPU: batch 32, 224 px, all 4 settings
     python bench/throughput.py --device cpu --steps 2 --batch 2 --crop 64 --backbone resnet18   # smoke
+    python bench/throughput.py --device cpu --method deeplab --backbone efficientnet_lite0 --batch 4 \
+        --precision fp32 --channels-last off     # plain DeepLabV3 forward + backward (cross-entropy)
+
+``--method deeplab`` times one DeepLabV3 (OS 8, 256-channel ASPP head, 8 classes) forward + cross-entropy
+backward + SGD step on random images and labels, without MaskContrast's key encoder.
 
 Writes a markdown table and a JSON file (``--out``, default logs/throughput).
 """
@@ -42,6 +47,20 @@ def build_model(backbone: str) -> MaskContrast:
     return MaskContrast(net, num_classes=8, queue_size=256, momentum=0.999, augment=PhotometricAugment())
 
 
+class DeepLabStep(torch.nn.Module):
+    """``--method deeplab``: DeepLabV3 OS 8 (8 classes) with a cross-entropy ``training_step``."""
+
+    def __init__(self, backbone: str) -> None:
+        super().__init__()
+        self.net = DeepLabV3(num_classes=8, backbone=backbone, output_stride=8, aspp_rates=[12, 24, 36])
+
+    def param_groups(self) -> list[dict]:
+        return [{"params": list(self.parameters())}]
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.net(batch["image"]), batch["saliency"])
+
+
 def random_batch(batch: int, crop: int, device: torch.device, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Two views with a salient square each (every image gives a prototype)."""
     image = torch.rand(batch, 3, crop, crop, generator=generator).to(device)
@@ -54,10 +73,11 @@ def random_batch(batch: int, crop: int, device: torch.device, generator: torch.G
 
 
 def measure(backbone: str, batch: int, crop: int, steps: int, warmup: int, device: torch.device,
-            precision: str, channels_last: bool, seed: int = 0) -> dict[str, float | str | bool]:
+            precision: str, channels_last: bool, seed: int = 0,
+            method: str = "maskcontrast") -> dict[str, float | str | bool]:
     """Timed training steps of one setting -> steps/s, images/s and the last loss."""
     torch.manual_seed(seed)
-    model = build_model(backbone).to(device)
+    model = (build_model(backbone) if method == "maskcontrast" else DeepLabStep(backbone)).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     model.train()
@@ -92,7 +112,8 @@ def measure(backbone: str, batch: int, crop: int, steps: int, warmup: int, devic
 
 
 def table(rows: list[dict], args: argparse.Namespace, device_name: str) -> str:
-    lines = [f"MaskContrast training throughput: DeepLabV3 {args.backbone} OS 8, {args.crop} px crops, "
+    what = "MaskContrast training" if args.method == "maskcontrast" else "DeepLabV3 forward + backward"
+    lines = [f"{what} throughput: DeepLabV3 {args.backbone} OS 8, {args.crop} px crops, "
              f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up, on {device_name}", "",
              "| precision | channels_last | steps/s | images/s | peak GPU GiB | last loss |",
              "|---|---|---|---|---|---|"]
@@ -106,7 +127,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     warnings.filterwarnings("ignore", message=".*self.log.*")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--backbone", default="resnet50", help="paper: resnet50")
+    parser.add_argument("--backbone", default="resnet50", help="paper: resnet50 (any usgs.nets.backbones name)")
+    parser.add_argument("--method", default="maskcontrast", choices=["maskcontrast", "deeplab"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--crop", type=int, default=224, help="paper: 224 px crops")
     parser.add_argument("--steps", type=int, default=20)
@@ -127,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for precision in args.precision:
         for layout in args.channels_last:
             row = measure(args.backbone, args.batch, args.crop, args.steps, args.warmup, device, precision,
-                          layout == "on")
+                          layout == "on", method=args.method)
             print(f"{precision:5s} channels_last={layout:3s} {row['steps_per_s']:.2f} steps/s "
                   f"{row['images_per_s']:.1f} images/s", flush=True)
             rows.append(row)

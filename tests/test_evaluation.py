@@ -287,3 +287,15 @@ def test_evaluate_end_to_end_on_shapes(make_cfg, tmp_path, capsys) -> None:
     assert set(curves.EVAL_KEYS["kmeans"].values()) <= set(saved)
     assert set(curves.EVAL_KEYS["linear_probe"].values()) <= set(probe)
 
+
+
+def test_centre_logits_give_the_softmax_of_whitened_squared_distances() -> None:
+    from usgs.evaluation.clustering import centre_logits, pca_whitening, whiten
+
+    torch.manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(2, 5, 6, 16), dim=-1)
+    centres = torch.randn(4, 16)
+    for transform in (pca_whitening(torch.randn(200, 16)), None):
+        sqdist = ((whiten(x, transform).unsqueeze(-2) - centres) ** 2).sum(-1)  # [2,5,6,4]
+        torch.testing.assert_close(torch.softmax(centre_logits(x, transform, centres), -1),
+                                   torch.softmax(-sqdist, -1), atol=1e-5, rtol=1e-5)

@@ -56,6 +56,20 @@ def whiten(x: Tensor, transform: tuple[Tensor, Tensor] | None) -> Tensor:
     return (x - mean) @ w
 
 
+def centre_logits(x: Tensor, transform: tuple[Tensor, Tensor] | None, centers: Tensor) -> Tensor:
+    """Logits over ``centers`` [k,r] of pixels x [..., D] whose softmax equals that of
+    ``-||whiten(x) - c||^2``: ``2 whiten(x).c - ||c||^2`` (the ``||whiten(x)||^2`` term is the same for
+    every centre and cancels), computed as ``2 (x - mean) @ (W c^T)`` so the D x r whitening is applied
+    to the k centres instead of every pixel (a 1280-d map: r x fewer multiplications)."""
+    if transform is None:
+        projected, offset = centers.t(), x.new_zeros(())
+    else:
+        mean, w = (t.to(x.device) for t in transform)
+        projected = w @ centers.t()  # [D,k]
+        offset = mean @ projected  # [k]
+    return 2 * (x @ projected - offset) - (centers * centers).sum(1)
+
+
 def kmeans_large(x: Tensor, k: int, seed: int, sample: int = 20_000, restarts: int = 4, iters: int = 30,
                  full_iters: int = 3, tol: float = 1e-4) -> KMeansResult:
     """k-means for millions of points: the best of ``restarts`` k-means++ / Lloyd runs (``iters``
@@ -177,6 +191,8 @@ class KMeansEvaluation:
         start = 0
         for batch, out in evaluation:
             b = out.features.shape[0]
+            if self.pixels:  # the same for every seed
+                pixel_feats = F.normalize(out.features, dim=1).to(device).permute(0, 2, 3, 1)
             for i in range(len(self.seeds)):
                 if has_saliency:
                     cluster = image_clusters[i][start:start + b]
@@ -192,9 +208,8 @@ class KMeansEvaluation:
                     if i == 0:
                         result.add_examples("prototypes", batch, pred)
                 if self.pixels:
-                    feats = whiten(F.normalize(out.features, dim=1).to(device).permute(0, 2, 3, 1), pixel_transform)
-                    sqdist = torch.cdist(feats.flatten(1, 2), pixel_centers[i].unsqueeze(0).expand(b, -1, -1)) ** 2
-                    probs = F.softmax(-sqdist, dim=2).view(*feats.shape[:3], -1).permute(0, 3, 1, 2).cpu()
+                    logits = centre_logits(pixel_feats, pixel_transform, pixel_centers[i])  # [b,H,W,k]
+                    probs = F.softmax(logits, dim=-1).permute(0, 3, 1, 2).cpu()
                     pred = mask_predictions(probs, batch, refine)
                     metrics["pixels"][i].update(pred, batch["mask"])
                     if i == 0:

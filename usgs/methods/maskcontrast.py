@@ -28,17 +28,20 @@ from usgs.methods.twin_views import SECOND_VIEW_SUFFIX
 from usgs.nets.deeplab import DeepLabV3
 from usgs.nets.kmeans import assign, kmeans
 
-# Backbone stages in forward order; ``frozen_stages=n`` freezes the first n.
+# Backbone stages in forward order (ResNet and EfficientNet-Lite alike); ``frozen_stages=n`` freezes the first n.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-_STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 FEATURE_LAYERS = ("embedding", "projection", "decoder")
 
 
 def _frozen_modules(net: DeepLabV3, frozen_stages: int) -> list[nn.Module]:
-    """Backbone modules of the first ``frozen_stages`` of STAGES."""
-    backbone = net.backbone
-    stem = [getattr(backbone, n) for n in _STEM_MODULES if hasattr(backbone, n)] if frozen_stages else []
-    return stem + [getattr(backbone, name) for name in STAGES[1:frozen_stages]]
+    """Backbone modules of the first ``frozen_stages`` of STAGES (the backbone's ``stage_modules``)."""
+    if not frozen_stages:
+        return []
+    stage_modules = getattr(net.backbone, "stage_modules", None)
+    if not callable(stage_modules):
+        raise ValueError(f"frozen_stages needs a backbone with stages (ResNet, EfficientNet-Lite), not "
+                         f"{type(net.backbone).__name__}")
+    return [m for stage in STAGES[:frozen_stages] for m in stage_modules(stage)]
 
 
 class MaskContrast(SegmentationModule):

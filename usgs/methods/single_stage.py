@@ -25,7 +25,7 @@ from usgs.methods.gwp import (
     ngwp_scores,
     pseudo_gt_from_masks,
 )
-from usgs.nets.backbones import ResNetName, resnet
+from usgs.nets.backbones import staged_backbone
 from usgs.nets.heads import ASPP, conv_bn_relu
 from usgs.nets.pamr import PAMR
 from usgs.priors.crf import WEAK_CRF, dense_crf
@@ -69,13 +69,14 @@ class GlobalCueInjection(nn.Module):
 
 
 class SingleStageNet(nn.Module):
-    """ResNet + ASPP + GCI + Stochastic Gate decoder: image [B,3,H,W] -> logits [B,C,H/4,W/4]."""
+    """ResNet (or EfficientNet-Lite) + ASPP + GCI + Stochastic Gate decoder: image [B,3,H,W] -> logits
+    [B,C,H/4,W/4]. ``backbone``: a name of ``usgs.nets.backbones.STAGED_BACKBONE_NAMES``."""
 
-    def __init__(self, num_classes: int, backbone: ResNetName = "resnet50", output_stride: int = 16,
+    def __init__(self, num_classes: int, backbone: str = "resnet50", output_stride: int = 16,
                  channels: int = 256, psi: float = 0.3, aspp_rates: Sequence[int] = (6, 12, 18),
                  weights: str | None = None) -> None:
         super().__init__()
-        self.backbone = resnet(backbone, output_stride=output_stride, weights=weights)
+        self.backbone = staged_backbone(backbone, output_stride, weights=weights)
         deep_ch, shallow_ch = self.backbone.channels["layer4"], self.backbone.channels["layer1"]
         self.aspp = ASPP(deep_ch, channels, rates=tuple(aspp_rates))
         self.skip = conv_bn_relu(shallow_ch, 48, kernel_size=1)

@@ -1,8 +1,9 @@
 """Backbones with torchvision-compatible state-dict keys: ResNet-18/50/101 and VGG16-BN.
 
 Key names follow ``torchvision.models`` exactly, so torchvision or MoCo checkpoint files load from a
-path with :func:`usgs.nets.weights.load_weights` (torchvision itself is never imported).
-:func:`backbone` builds any of them or a DINO/DINOv2 ViT (:mod:`usgs.nets.vit`) by name.
+path or a registered name (:mod:`usgs.nets.zoo`) with :func:`usgs.nets.weights.load_weights`
+(torchvision itself is never imported). :func:`backbone` builds any of them, a DINO/DINOv2 ViT
+(:mod:`usgs.nets.vit`) or an EfficientNet-Lite (:mod:`usgs.nets.efficientnet`) by name.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from usgs.nets.efficientnet import EFFICIENTNET_SPECS, EfficientNetLite, efficientnet_lite
 from usgs.nets.vit import VIT_SPECS, VisionTransformer, vit
 from usgs.nets.weights import load_weights
 
@@ -87,6 +89,7 @@ class ResNet(nn.Module):
     """
 
     out_key = "layer4"  # the deepest map, read by segmentation heads
+    stages = ("stem", "layer1", "layer2", "layer3", "layer4")  # forward order, for frozen_stages
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, int, int, int],
                  output_stride: int = 32, deep_stem: bool = False) -> None:
@@ -118,6 +121,7 @@ class ResNet(nn.Module):
         self.channels = {"stem": stem_channels, "layer1": 64 * e, "layer2": 128 * e,
                          "layer3": 256 * e, "layer4": 512 * e}
         self.output_stride = output_stride
+        self.feature_map = nn.Identity()  # no weights: the hook point of layer4 (Grad-CAM's layer)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -142,6 +146,15 @@ class ResNet(nn.Module):
         modules += [block(self.inplanes, planes, 1, self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*modules)
 
+    def stage_modules(self, stage: str) -> list[nn.Module]:
+        """The modules of one of ``stem, layer1..layer4`` (what ``frozen_stages`` freezes)."""
+        if stage == "stem":
+            names = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3") if self.deep_stem else ("conv1", "bn1")
+            return [getattr(self, n) for n in names]
+        if stage not in self.stages:
+            raise KeyError(f"unknown stage {stage!r}; stages: {list(self.stages)}")
+        return [getattr(self, stage)]
+
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         x = self.relu(self.bn1(self.conv1(x)))
         if self.deep_stem:
@@ -151,7 +164,7 @@ class ResNet(nn.Module):
         l1 = self.layer1(stem)
         l2 = self.layer2(l1)
         l3 = self.layer3(l2)
-        l4 = self.layer4(l3)
+        l4 = self.feature_map(self.layer4(l3))
         return {"stem": stem, "layer1": l1, "layer2": l2, "layer3": l3, "layer4": l4}
 
 
@@ -217,17 +230,33 @@ def vgg16_bn(weights: str | None = None, weights_strict: bool = True) -> VGG16BN
     return net
 
 
-BACKBONE_NAMES: tuple[str, ...] = (*sorted(_RESNET_SPECS), *sorted(VIT_SPECS))
+# Backbones with ResNet-like stages (stem, layer1..layer4 at strides 4|2, 4, 8, 16, 32 / dilated): what
+# PSPNet's auxiliary head (layer3), the single-stage skip (layer1) and frozen_stages need.
+STAGED_BACKBONE_NAMES: tuple[str, ...] = (*sorted(_RESNET_SPECS), *sorted(EFFICIENTNET_SPECS))
+BACKBONE_NAMES: tuple[str, ...] = (*STAGED_BACKBONE_NAMES, *sorted(VIT_SPECS))
 
 
 def backbone(name: str, output_stride: int = 32, deep_stem: bool = False, weights: str | None = None,
-             weights_strict: bool = True) -> ResNet | VisionTransformer:
-    """A ResNet or ViT by name; its ``out_key`` output (``channels[out_key]`` wide) feeds a head.
+             weights_strict: bool = True) -> ResNet | EfficientNetLite | VisionTransformer:
+    """A ResNet, EfficientNet-Lite or ViT by name; its ``out_key`` output (``channels[out_key]`` wide) feeds
+    a head. ``weights``: a local file, a registered name (``efficientnet_lite0``, ``dino_vits16`` ...,
+    ``python -m usgs.nets.zoo list``) or ``random``.
 
-    A ViT's stride is its patch size: ``output_stride`` and ``deep_stem`` apply to ResNets only.
+    A ViT's stride is its patch size: ``output_stride`` applies to ResNets and EfficientNets;
+    ``deep_stem`` to ResNets only (the others have one stem).
     """
     if name in VIT_SPECS:
         return vit(name, weights=weights, weights_strict=weights_strict)
+    if name in EFFICIENTNET_SPECS:
+        return efficientnet_lite(name, output_stride, weights, weights_strict)
     if name in _RESNET_SPECS:
         return resnet(name, output_stride, deep_stem, weights, weights_strict)  # type: ignore[arg-type]
     raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+
+
+def staged_backbone(name: str, output_stride: int = 32, deep_stem: bool = False, weights: str | None = None,
+                    weights_strict: bool = True) -> ResNet | EfficientNetLite:
+    """:func:`backbone` restricted to :data:`STAGED_BACKBONE_NAMES` (heads that read layer1 / layer3)."""
+    if name not in STAGED_BACKBONE_NAMES:
+        raise ValueError(f"Backbone {name!r} has no ResNet-like stages; valid names: {', '.join(STAGED_BACKBONE_NAMES)}")
+    return backbone(name, output_stride, deep_stem, weights, weights_strict)  # type: ignore[return-value]

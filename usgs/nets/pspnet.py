@@ -5,13 +5,12 @@ spectral-clustering layer between the backbone and the pyramid pooling module (d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from usgs.nets.backbones import resnet
+from usgs.nets.backbones import staged_backbone
 from usgs.nets.spectral import SpectralClustering
 
 
@@ -55,7 +54,7 @@ class PyramidPooling(nn.Module):
 
 
 class PSPNet(nn.Module):
-    """PSPNet / ClusterNet: dilated ResNet -> [spectral clustering] -> PPM -> classifier.
+    """PSPNet / ClusterNet: dilated ResNet (or EfficientNet-Lite) -> [spectral clustering] -> PPM -> classifier.
 
     ``forward(x [B,3,H,W])`` returns ``{"out": logits [B,num_classes,H,W]}`` plus, in training mode
     with ``aux=True``, ``"aux"``: logits of the auxiliary head on layer3 (PSPNet Sec. 4.1, "deep
@@ -69,10 +68,11 @@ class PSPNet(nn.Module):
     def __init__(
         self,
         num_classes: int,
-        backbone: Literal["resnet18", "resnet50", "resnet101"] = "resnet50",
+        backbone: str = "resnet50",  # usgs.nets.backbones.STAGED_BACKBONE_NAMES
         output_stride: int = 8,
         deep_stem: bool = True,
         weights: str | None = None,
+        weights_strict: bool = True,
         bins: Sequence[int] = (2, 3, 6, 8),
         ppm_channels: int | None = None,
         head_channels: int = 512,
@@ -82,7 +82,8 @@ class PSPNet(nn.Module):
         spectral: SpectralClustering | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = resnet(backbone, output_stride=output_stride, deep_stem=deep_stem, weights=weights)
+        # deep_stem applies to ResNets (the thesis's resnet50_v2); an EfficientNet has its own stem.
+        self.backbone = staged_backbone(backbone, output_stride, deep_stem, weights, weights_strict)
         channels = self.backbone.channels["layer4"]
         self.cluster: nn.Module | None = None
         if spectral is not None:

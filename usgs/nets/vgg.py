@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from usgs.nets.weights import read_state_dict
+from usgs.nets.weights import RANDOM, read_state_dict
 
 # torchvision's VGG: 512 channels pooled to 7x7 before the first linear layer.
 POOLED_SIZE = 7
@@ -40,7 +40,7 @@ class VGGClassifierHead(nn.Module):
             nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
-        if weights:
+        if weights and weights != RANDOM:
             load_pretrained_head(self, weights)
 
     def forward(self, features: Tensor) -> Tensor:

@@ -1,5 +1,8 @@
 """Load a local backbone weight file, fully or with a reason: the one loader of every backbone.
 
+``path`` may also be a registered name (``efficientnet_lite0``, ``dino_vits16``, ... :mod:`usgs.nets.zoo`),
+resolved to its verified file, or ``random``: an explicit random initialisation (nothing is loaded).
+
 A file is either a bare state dict or a training checkpoint that nests one: Lightning and MoCo
 (``state_dict``), DINO (``teacher`` / ``student``), DeiT-style (``model``). Inside, the backbone's
 keys may sit under a prefix: MoCo ``module.encoder_q.``, DINO ``module.backbone.`` (student, DDP) or
@@ -22,6 +25,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from usgs.nets.zoo import RANDOM, resolve
+
 log = logging.getLogger(__name__)
 
 # Nested state dicts, in the order they are tried. DINO's evaluation code loads the teacher by default.
@@ -35,8 +40,8 @@ PREFIXES: tuple[str, ...] = (
 )
 
 # Classifier heads of pretraining that backbones deliberately lack (torchvision fc / classifier,
-# MoCo's MLP fc, DINO's head).
-HEAD_PREFIXES: tuple[str, ...] = ("fc.", "classifier.", "head.")
+# MoCo's MLP fc, DINO's head, EfficientNet's _fc).
+HEAD_PREFIXES: tuple[str, ...] = ("fc.", "classifier.", "head.", "_fc.")
 
 
 @dataclass(frozen=True)
@@ -57,12 +62,16 @@ class WeightsMismatchError(ValueError):
 def read_state_dict(path: str | Path, checkpoint_key: str | None = None) -> dict[str, Tensor]:
     """The flat ``name -> tensor`` mapping of a file, unwrapping one training-checkpoint level.
 
-    ``checkpoint_key`` forces the nested entry (e.g. ``"student"`` for a DINO checkpoint).
+    ``checkpoint_key`` forces the nested entry (e.g. ``"student"`` for a DINO checkpoint). ``path`` may be
+    a registered name (:func:`usgs.nets.zoo.resolve`), not ``random``.
     """
-    path = Path(path)
+    resolved = resolve(path)
+    if resolved is None:
+        raise ValueError(f"weights {RANDOM!r} is a random initialisation, not a file to read")
+    path = resolved
     if not path.is_file():
-        raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file; nothing is "
-                                "downloaded at run time)")
+        raise FileNotFoundError(f"Weight file not found: {path} (expected a local .pth/.ckpt file or a registered "
+                                "name, `python -m usgs.nets.zoo list`; nothing is downloaded at run time)")
     # DINO checkpoints pickle their argparse Namespace; allow exactly that, nothing else.
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
@@ -105,6 +114,9 @@ def load_weights(module: nn.Module, path: str | Path, strict: bool = True, check
         prefix: the key prefix to strip (default: the one of :data:`PREFIXES` matching most keys).
         head_prefixes: after stripping, keys starting with these are a pretraining head, dropped.
     """
+    if str(path) == RANDOM:  # explicit random initialisation (e.g. the frozen-features baseline's control)
+        log.info("%s: random initialisation (weights=%s)", type(module).__name__, RANDOM)
+        return LoadReport(0, "", [], [], [])
     state = read_state_dict(path, checkpoint_key)
     own = module.state_dict()
     if prefix is None:
