@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = ("data.num_workers=0", "data.persistent_workers=false")
-EVAL_320 = ("data.eval_transform.size=320", "++data.eval_transform.center_crop=true", "data.eval_batch_size=16")
+EVAL_320 = ("data.eval_transform.size=320", "++data.eval_transform.center_crop=true", "data.eval_batch_size=8")
 # row -> {column: metrics.json key} ; columns: cluster / linear, each without and with CRF
 COLUMNS = ("unsupervised", "unsupervised + CRF", "linear", "linear + CRF")
 KEYS = {
