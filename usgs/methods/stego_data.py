@@ -12,8 +12,9 @@ beside the priors, ``<priors_dir>/<dataset>/train/stego_bank-<hash>/``, as ``.np
 ``masks`` uint8 [N,res,res], ``features`` float16 [N,C,h,w] (or ``images`` uint8 [N,res,res,3] when
 features are not cached) and ``knn`` int64 [N,30]. Images are processed ``chunk`` at a time and a
 killed build resumes from its last finished chunk; ``manifest.json`` is written last. The kNN search
-keeps a running top-k over blocks of ``knn_block`` x ``knn_block`` similarities, so its memory is
-``knn_block^2 x 4 B`` (64 MiB at 4096) plus ``knn_block x (C + k)`` numbers, whatever N is.
+keeps a running top-k over tiles of ``knn_block`` x ``knn_block`` similarities, so its memory is about
+``knn_block x (knn_block + k) x 4 B`` (64 MiB at 4096) plus two ``knn_block x C`` float32 blocks of
+pooled features, whatever N is (bench: ``python -m usgs.methods.stego_data`` measures it).
 """
 
 from __future__ import annotations
@@ -86,10 +87,11 @@ def knn_chunked(pooled: np.ndarray, k: int, block: int = 4096) -> np.ndarray:
         best_i = torch.zeros((q.shape[0], 0), dtype=torch.long)
         for d0 in range(0, n, block):
             d = torch.from_numpy(np.asarray(pooled[d0:d0 + block], dtype=np.float32))
-            sims = torch.cat([best_s, q @ d.T], dim=1)
-            ids = torch.cat([best_i, torch.arange(d0, d0 + d.shape[0]).expand(q.shape[0], -1)], dim=1)
+            sims = torch.cat([best_s, q @ d.T], dim=1)  # the running top-k, then this tile
             best_s, pos = sims.topk(min(k, sims.shape[1]), dim=1)
-            best_i = ids.gather(1, pos)
+            kept = best_i.shape[1]
+            best_i = torch.where(pos < kept, best_i.gather(1, pos.clamp(max=max(kept - 1, 0))) if kept else pos,
+                                 pos - kept + d0)
         out[q0:q0 + q.shape[0]] = best_i.numpy()
     return out
 
@@ -245,3 +247,17 @@ class StegoDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.inner.test_dataloader()
+
+
+if __name__ == "__main__":  # peak memory of the kNN search against N (stated in the module docstring)
+    import resource
+    import sys
+
+    n, c, block = (int(a) for a in sys.argv[1:4]) if len(sys.argv) > 3 else (40_000, 384, 4096)
+    x = np.lib.format.open_memmap("/tmp/stego_knn_bench.npy", mode="w+", dtype=np.float32, shape=(n, c))
+    for i in range(0, n, block):
+        x[i:i + block] = F.normalize(torch.randn(min(block, n - i), c), dim=1).numpy()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    knn_chunked(x, KNN_STORED, block)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(f"N={n} C={c} block={block}: peak RSS {after / 1024:.0f} MiB (before the search {before / 1024:.0f} MiB)")
