@@ -8,13 +8,16 @@ mean ± population std.
 Rows (``--rows``, all by default):
 
 * ``kmeans``: ``evaluate.py model=frozen_backbone task=kmeans`` (pixel k-means, k = classes, Hungarian)
-  on the test split, one seed of k-means per run;
-* ``linear``: ``evaluate.py model=frozen_backbone task=linear_probe task.layer=embedding`` (train split);
+  on the test split; the frozen features do not depend on the seed, so one run fits k-means once per
+  seed (``task.seeds=[...]``) and reports their mean ± population std;
+* ``linear``: ``evaluate.py model=frozen_backbone task=linear_probe task.layer=embedding`` (fitted on
+  the train split, one probe per seed of its pixel sampling, as for k-means);
 * ``stego``: ``train.py experiment=stego_<data>`` (its test step: cluster and linear probe, ± CRF);
 * ``maskcontrast``: ``train.py experiment=maskcontrast_<data>`` on the same backbone, then evaluate.py's
   k-means of its embeddings (needs its saliency prior; slow on CPU, so opt-in with ``--rows``).
 
-Each run writes ``<out>/<row>/s<seed>/metrics.json``; a finished run is read back, not redone.
+Each run writes ``<out>/<row>/s<seed>/metrics.json`` (frozen rows: ``<out>/<row>/all/``); a finished
+run is read back, not redone.
 Writes ``<out>/table.md`` and ``<out>/results.json`` and prints the table (percent).
 """
 
@@ -51,14 +54,18 @@ def _backbone(args: argparse.Namespace, key: str) -> list[str]:
             *([f"++{key}.output_stride={args.output_stride}"] if args.output_stride else [])]
 
 
+FROZEN = ("kmeans", "linear")  # one run, every seed inside it
+
+
 def commands(row: str, seed: int, run: Path, args: argparse.Namespace) -> list[list[str]]:
     """The commands of one (row, seed) run; each evaluate.py pass is made twice, without and with CRF."""
+    seeds = ",".join(str(s) for s in args.seeds)
     py = sys.executable
     frozen = ["model=frozen_backbone", *_backbone(args, "model.backbone"), f"data={args.data}", "split=test",
               "flip=true", f"seed={seed}", *COMMON, *EVAL_320, *args.extra]
     if row in ("kmeans", "linear"):
-        task = (["task=kmeans", "task.pixels_per_image=100", f"task.seeds=[{seed}]"] if row == "kmeans" else
-                ["task=linear_probe", "task.layer=embedding", "task.pixels_per_image=100", f"task.seeds=[{seed}]"])
+        task = (["task=kmeans", "task.pixels_per_image=100", f"task.seeds=[{seeds}]"] if row == "kmeans" else
+                ["task=linear_probe", "task.layer=embedding", "task.pixels_per_image=100", f"task.seeds=[{seeds}]"])
         return [[py, "evaluate.py", *frozen, *task, f"crf={crf}", f"hydra.run.dir={run / name}"]
                 for crf, name in (("false", "plain"), ("true", "crf"))]
     if row == "stego":
@@ -75,8 +82,11 @@ def commands(row: str, seed: int, run: Path, args: argparse.Namespace) -> list[l
     raise ValueError(f"Unknown row {row!r}; valid: {', '.join(KEYS)}")
 
 
-def read_run(row: str, run: Path) -> dict[str, float] | None:
-    """The row's columns of one finished run, or None if it has not finished."""
+Cell = tuple[float, float, int]  # mean, population std, seeds
+
+
+def read_run(row: str, run: Path) -> dict[str, float] | dict[str, Cell] | None:
+    """The row's columns of one finished run (frozen rows: (mean, std, seeds)), or None if unfinished."""
     if row == "stego":
         path = run / "metrics.json"
         if not path.is_file():
@@ -90,19 +100,33 @@ def read_run(row: str, run: Path) -> dict[str, float] | None:
             return None
         metrics = json.loads(path.read_text())
         for col, key in KEYS[row].items():
-            out[col + suffix] = float(metrics[key])
+            if row in FROZEN:
+                out[col + suffix] = (float(metrics[key]), float(metrics[key + "_std"]),
+                                     int(metrics[key.rsplit("/", 1)[0] + "/num_seeds"]))
+            else:
+                out[col + suffix] = float(metrics[key])
     return out
 
 
-def table(results: dict[str, list[dict[str, float]]]) -> str:
+def summarise(row: str, runs: list[dict]) -> dict[str, Cell]:
+    """Column -> (mean, population std, seeds) of a row's finished runs."""
+    if row in FROZEN:
+        return runs[0] if runs else {}
+    cells = {}
+    for col in COLUMNS:
+        values = [r[col] for r in runs if col in r]
+        if values:
+            cells[col] = (float(np.mean(values)), float(np.std(values)), len(values))
+    return cells
+
+
+def table(results: dict[str, dict[str, Cell]]) -> str:
     lines = ["| method | seeds | " + " | ".join(f"{c} mIoU (%)" for c in COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
-    for row, runs in results.items():
-        cells = []
-        for col in COLUMNS:
-            values = [r[col] for r in runs if col in r]
-            cells.append(f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}" if values else "-")
-        lines.append(f"| {LABELS[row]} | {len(runs)} | " + " | ".join(cells) + " |")
+    for row, cells in results.items():
+        seeds = max((c[2] for c in cells.values()), default=0)
+        text = [f"{100 * cells[c][0]:.1f} ± {100 * cells[c][1]:.1f}" if c in cells else "-" for c in COLUMNS]
+        lines.append(f"| {LABELS[row]} | {seeds} | " + " | ".join(text) + " |")
     return "\n".join(lines)
 
 
@@ -119,18 +143,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     out = args.out / args.data
-    results: dict[str, list[dict[str, float]]] = {}
+    results: dict[str, dict[str, Cell]] = {}
     for row in args.rows:
-        results[row] = []
-        for seed in args.seeds:
-            run = out / row / f"s{seed}"
+        runs: list[dict] = []
+        for seed in args.seeds[:1] if row in FROZEN else args.seeds:
+            run = out / row / ("all" if row in FROZEN else f"s{seed}")
             if read_run(row, run) is None and not args.report_only:
                 for command in commands(row, seed, run, args):
                     print("[compare]", " ".join(command), flush=True)
                     subprocess.run(command, cwd=ROOT, check=True, env={**os.environ, "PROJECT_ROOT": str(ROOT)})
             finished = read_run(row, run)
             if finished is not None:
-                results[row].append(finished)
+                runs.append(finished)
+        results[row] = summarise(row, runs)
     text = table(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text + "\n")

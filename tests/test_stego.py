@@ -125,3 +125,20 @@ def test_head_and_cluster_probe() -> None:
     inner = probe.inner_products(code)
     assert torch.allclose(loss, -inner.max(1).values.mean())
     assert torch.allclose(probe.log_probs(code, 2.0).exp().sum(1), torch.ones(2, 3, 3))
+
+
+
+def test_worker_pool_times_out_and_kills_its_workers() -> None:
+    import math
+    import time
+
+    from usgs.priors.processes import WorkerPool
+
+    pool = WorkerPool(1)  # builtins as the work: the spawned worker imports nothing of the suite
+    assert pool.map(math.sqrt, [4.0, 9.0]) == [2.0, 3.0]  # results in order
+    worker = next(iter(pool._pool._processes.values()))  # type: ignore[union-attr]
+    with pytest.raises(TimeoutError, match="took over 1.0 s"):
+        pool.map(time.sleep, [60.0], timeout=1.0)  # a stuck item: STEGO's CRF pool hang (issue #16)
+    worker.join(timeout=10)
+    assert not worker.is_alive()  # killed, not left running
+    assert WorkerPool(0).map(math.sqrt, [16.0]) == [4.0]  # in-process
