@@ -10,7 +10,10 @@ the run's eval transform, flip-averaged code.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's usgs
 
 import torch
 from hydra.utils import instantiate
