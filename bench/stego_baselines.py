@@ -38,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--crf", action="store_true")
+    parser.add_argument("--no-whiten", action="store_true", help="k-means of the unit features, no PCA whitening")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "compare" / "stanford" / "kmeans_lowres.json")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -60,7 +61,7 @@ def main() -> None:
         g = torch.Generator().manual_seed(seed)
         sample = torch.cat([f.flatten(2).permute(0, 2, 1)[:, torch.randperm(f.shape[2] * f.shape[3], generator=g)[:100]]
                             .reshape(-1, f.shape[1]) for f in feats])
-        transform = pca_whitening(sample)
+        transform = None if args.no_whiten else pca_whitening(sample)
         centers = kmeans_large(whiten(sample, transform), n, seed=seed).centers
         plain, crf = SegmentationMetric(n, n, "hungarian"), SegmentationMetric(n, n, "hungarian")
         for f, (rgb, mask) in zip(feats, batches, strict=True):
