@@ -69,6 +69,10 @@ def test_experiment_fast_dev_run(experiment: str, tmp_path: Path) -> None:
     # Papers' ResNet-50/101 defaults are built by the nets tests; here a ResNet-18 keeps 2 cores fast.
     if OmegaConf.select(cfg, "model.net.backbone") in ("resnet50", "resnet101"):
         cfg.model.net.backbone = "resnet18"
+    if cfg.model._target_ == "usgs.methods.stego.Stego":  # frozen-feature recipes: DINO files are not here
+        if OmegaConf.is_missing(cfg.model.backbone, "weights"):
+            cfg.model.backbone.name, cfg.model.backbone.weights = "resnet18", None
+        cfg.model.res, cfg.model.max_train_images, cfg.model.crf_workers, cfg.model.num_neighbors = 32, 4, 0, 2
     assert cfg.get("tags"), f"experiment/{experiment}.yaml should set tags"
     prior = cfg.data.get("prior")
     if prior and _prior_needs_checkpoint(prior):

@@ -10,6 +10,10 @@ Published settings, as keyword dicts for :func:`dense_crf`:
   Gaussian sxy 3, compat 3; bilateral sxy 80, srgb 13, compat 10; 10 iterations. The image-level
   seed's guide stage (``util/apply_dense_crf.py``, ``stage='guide'``) and Araslanov & Roth's
   ``utils/dcrf.py`` both use these.
+- :data:`STEGO_CRF` -- STEGO (Hamilton et al. 2022) test-time CRF (``src/crf.py`` @ 8c1ad0a9, lines
+  13-18, 35-43): MaskContrast's kernels on the softmax of the probe's logits, unary
+  ``unary_from_softmax`` (probabilities clipped at 1e-5). It feeds the image as BGR; the bilateral
+  kernel has one colour width for all channels, so the channel order does not change it.
 - :data:`DEEPLAB_TEST_CRF` -- the image-level seed's test-time CRF on DeepLab's arg-max labels
   (``apply_dense_crf(..., stage='deeplab')``: ``unary_from_labels`` with ``gt_prob`` 0.9; Gaussian
   sxy 3, compat 3; bilateral sxy 121, srgb 5, compat 4; 10 iterations), for :func:`label_crf`.
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dense_crf", "label_crf", "MASKCONTRAST_CRF", "WEAK_CRF", "DEEPLAB_TEST_CRF"]
+__all__ = ["dense_crf", "label_crf", "MASKCONTRAST_CRF", "WEAK_CRF", "DEEPLAB_TEST_CRF", "STEGO_CRF"]
 
 MASKCONTRAST_CRF: dict[str, float] = {
     "iters": 10,
@@ -37,6 +41,8 @@ WEAK_CRF: dict[str, float] = {
     "bilateral_srgb": 13.0,
     "bilateral_compat": 10.0,
 }
+
+STEGO_CRF: dict[str, float] = {**MASKCONTRAST_CRF, "unary_clip": 1e-5}
 
 DEEPLAB_TEST_CRF: dict[str, float] = {
     "gt_prob": 0.9,
@@ -78,13 +84,14 @@ def dense_crf(
     bilateral_sxy: float = 80.0,
     bilateral_srgb: float = 13.0,
     bilateral_compat: float = 10.0,
+    unary_clip: float = 1e-8,
 ) -> np.ndarray:
     """Refine per-pixel class probabilities with a dense CRF.
 
     Args:
         image: uint8 [H,W,3] RGB image (the bilateral kernel's colour features).
         unary_probs: float [C,H,W] class probabilities (C >= 2; each pixel should sum to 1); the
-            unary energy is ``-log p`` (clipped at 1e-8 so that hard 0/1 maps stay finite).
+            unary energy is ``-log p``, p clipped at ``unary_clip`` (hard 0/1 maps stay finite).
         iters: mean-field iterations.
         gaussian_sxy, gaussian_compat: smoothness kernel (position only) width and weight.
         bilateral_sxy, bilateral_srgb, bilateral_compat: appearance kernel widths and weight.
@@ -103,7 +110,7 @@ def dense_crf(
     c, h, w = unary_probs.shape
     if c < 2:
         raise ValueError(f"dense_crf: need at least 2 classes, got {c}")
-    unary = -np.log(np.clip(unary_probs.astype(np.float32), 1e-8, 1.0)).reshape(c, -1)
+    unary = -np.log(np.clip(unary_probs.astype(np.float32), unary_clip, 1.0)).reshape(c, -1)
     crf = dcrf.DenseCRF2D(w, h, c)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-__all__ = ["map_in_processes"]
+__all__ = ["map_in_processes", "WorkerPool"]
 
 
 def _die_with_parent(parent: int) -> None:
@@ -51,3 +51,55 @@ def map_in_processes(
             yield future.result()
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
+
+
+class WorkerPool:
+    """A reusable pool of ``workers`` spawned processes that die with their parent, for many small maps.
+
+    ``map(function, items, timeout)`` returns ``[function(item) ...]`` in order. An item that takes
+    longer than ``timeout`` seconds ends the pool (its workers are killed, not waited for) and raises a
+    TimeoutError naming it, so a stuck worker (STEGO issue #16: the CRF pool hangs) cannot hang the run.
+    ``workers=0`` runs in this process. Use as a context manager, or call ``close()``.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.workers = int(workers)
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def map(self, function: Callable[[Any], Any], items: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        if self.workers <= 0:
+            return [function(item) for item in items]
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, context, initializer=_die_with_parent,
+                                             initargs=(os.getpid(),))
+        futures = [self._pool.submit(function, item) for item in items]
+        results = []
+        try:
+            for i, future in enumerate(futures):
+                results.append(future.result(timeout=timeout))
+        except TimeoutError as err:
+            self.close()
+            raise TimeoutError(f"worker pool: item {i} of {len(items)} took over {timeout} s "
+                               f"({getattr(function, '__name__', function)!r}); workers killed") from err
+        except BaseException:
+            self.close()
+            raise
+        return results
+
+    def close(self) -> None:
+        """Cancel pending work and kill the workers (they are not waited for)."""
+        if self._pool is None:
+            return
+        processes = list(getattr(self._pool, "_processes", {}).values())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        self._pool = None

@@ -63,6 +63,9 @@ def train(cfg: DictConfig) -> float | None:
     # without scoring it against the training masks.
     ensure_priors(cfg, train_model=train, score=model.uses_labels)
     datamodule = instantiate(cfg.data, _convert_="all")
+    training_data = getattr(model, "training_data", None)
+    if callable(training_data):  # a method that trains on its own view of the data (STEGO's crop pairs)
+        datamodule = training_data(datamodule)
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
         model.class_names = list(datamodule.class_names)
     loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
