@@ -112,8 +112,12 @@ def test_config_errors_stop_at_start_in_one_line(args, named, tmp_path, monkeypa
 ])
 def test_values_refused_by_a_constructor_are_one_line_naming_the_key(args, named, tmp_path, monkeypatch,
                                                                       capsys) -> None:
+    (tmp_path / "config.yaml").write_text("seed: 1\n")  # an earlier run's records stay as they were
+    (tmp_path / "git_sha.txt").write_text("earlier\n")
     status, line = cli("train", [*SMALL, f"hydra.run.dir={tmp_path}", *args], monkeypatch, capsys)
     assert status == 2 and named in line, line
+    assert (tmp_path / "config.yaml").read_text() == "seed: 1\n"
+    assert (tmp_path / "git_sha.txt").read_text() == "earlier\n"
 
 
 def test_a_missing_mandatory_value_names_it(tmp_path, monkeypatch, capsys) -> None:

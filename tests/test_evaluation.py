@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from tests.conftest import load_bench
@@ -299,3 +300,15 @@ def test_centre_logits_give_the_softmax_of_whitened_squared_distances() -> None:
         sqdist = ((whiten(x, transform).unsqueeze(-2) - centres) ** 2).sum(-1)  # [2,5,6,4]
         torch.testing.assert_close(torch.softmax(centre_logits(x, transform, centres), -1),
                                    torch.softmax(-sqdist, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_kmeans_whitens_maskcontrast_projections_but_not_raw_backbone_features(make_cfg) -> None:
+    """PCA whitening is MaskContrast's protocol for its 32-d projection; a frozen backbone's 1280-d features
+    are clustered as they are (whitening them clustered noise: docs/backbones.md). One override each way."""
+    mc = make_cfg(["task=kmeans"], config_name="evaluate")
+    frozen = make_cfg(["task=kmeans", "model=frozen_backbone", "model.backbone.weights=random"],
+                      config_name="evaluate")
+    forced = make_cfg(["task=kmeans", "model=frozen_backbone", "model.backbone.weights=random",
+                       "task.pca_whiten=true"], config_name="evaluate")
+    assert mc.task.pca_whiten is True and frozen.task.pca_whiten is False and forced.task.pca_whiten is True
+    assert instantiate(frozen.model).kmeans_pca_whiten is False

@@ -10,6 +10,7 @@ import torch
 
 from usgs.methods.contrastive import all_gather_cat
 from usgs.methods.maskcontrast import MaskContrast
+from usgs.run.prior_auto import ensure_priors
 
 
 class QueueAgreement(pl.Callback):
@@ -32,6 +33,7 @@ def test_ddp_spawn_two_cpu_processes_share_the_queue(make_cfg, tmp_path) -> None
 
     cfg = make_cfg(["experiment=maskcontrast", "data.image_size=32", "data.num_train=16", "data.batch_size=4",
                     "model.net.head_channels=16", "model.queue_size=32"])
+    ensure_priors(cfg)  # experiment=maskcontrast reads the saliency_unsup prior (no oracle saliency)
     datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     out = tmp_path / "queue.txt"

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from usgs.evaluation.features import FeatureSource
 from usgs.evaluation.report import TaskResult
-from usgs.methods.dense_outputs import DenseOutputs
 from usgs.metrics import Matching, SegmentationMetric
+from usgs.nets.dense_outputs import DenseOutputs
 
 IGNORE_INDEX = 255
 

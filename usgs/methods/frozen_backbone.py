@@ -22,8 +22,14 @@ class FrozenBackbone(nn.Module):
 
     pretrained = True  # the weights come from the backbone's file, not from a training run
 
-    def __init__(self, backbone: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, kmeans_pca_whiten: bool = False) -> None:
+        """``kmeans_pca_whiten``: whether ``task=kmeans`` whitens these features (``conf/task/kmeans.yaml``
+        reads it). False: PCA-whitening all 1280 / 384 channels of a backbone amplifies its noise
+        directions (EfficientNet-Lite0 on Stanford test: 6.3 vs 31.8 mIoU, docs/backbones.md); STEGO's
+        and DINO's k-means baselines cluster the L2-normalised features as they are. MaskContrast's
+        whitening is for its 32-d projection."""
         super().__init__()
+        self.kmeans_pca_whiten = kmeans_pca_whiten
         if not hasattr(backbone, "out_key"):
             raise TypeError(f"{type(backbone).__name__} has no out_key (build it with usgs.nets.backbones.backbone)")
         self.backbone = backbone.eval().requires_grad_(False)

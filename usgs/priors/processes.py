@@ -82,11 +82,11 @@ class WorkerPool:
         futures = [self._pool.submit(function, item) for item in items]
         results = []
         try:
-            for i, future in enumerate(futures):
+            for future in futures:
                 results.append(future.result(timeout=timeout))
         except TimeoutError as err:
             self.close()
-            raise TimeoutError(f"worker pool: item {i} of {len(items)} took over {timeout} s "
+            raise TimeoutError(f"worker pool: item {len(results)} of {len(items)} took over {timeout} s "
                                f"({getattr(function, '__name__', function)!r}); workers killed") from err
         except BaseException:
             self.close()

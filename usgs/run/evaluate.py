@@ -32,7 +32,7 @@ from usgs.run.checkpoints import load_checkpoint
 from usgs.run.features import feature_sources, fill_shard, split_loader
 from usgs.run.outputs import atomic_write_text, write_metrics
 from usgs.run.prior_auto import ensure_priors
-from usgs.run.start import start_run
+from usgs.run.start import record_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def device_from_name(name: str) -> torch.device:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Run ``cfg.task`` on ``cfg.split``; returns the flat metrics written to metrics.json."""
-    run_dir, _, _ = start_run(cfg)
+    run_dir, config, sha = start_run(cfg, record=False)
     if cfg.get("ckpt_path"):
         run_cfg, module = load_checkpoint(cfg.ckpt_path)
         data_cfg = run_cfg.data if cfg.get("data_from_checkpoint", True) else cfg.data
@@ -56,6 +56,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         if not getattr(module, "pretrained", False):  # model=frozen_backbone loads its own weight file
             log.warning("No ckpt_path: evaluating the freshly initialised %s (random-init baseline)",
                         type(module).__name__)
+    record_run(run_dir, config, sha)  # after the checkpoint and model are accepted
     control = cfg.get("control")
     if control:
         run_model = run_cfg.model if cfg.get("ckpt_path") else cfg.model

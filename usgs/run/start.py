@@ -59,9 +59,10 @@ def check_free_space(folder: Path, needed: int, what: str) -> None:
                     needed / 2**20)
 
 
-def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
+def start_run(cfg: DictConfig, record: bool = True) -> tuple[Path, dict[str, Any], str]:
     """Check the config values, lock the run directory (one run per directory), seed everything, write
-    ``config.yaml`` and ``git_sha.txt``. With ``resume=true`` the config must match the stored one but for
+    ``config.yaml`` and ``git_sha.txt`` (``record=False``: the caller does, with :func:`record_run`, after
+    building its objects). With ``resume=true`` the config must match the stored one but for
     ``trainer.max_epochs``.
     """
     check_config(cfg)
@@ -76,7 +77,14 @@ def start_run(cfg: DictConfig) -> tuple[Path, dict[str, Any], str]:
         log.warning("%s holds the checkpoints of an earlier run: this new run overwrites them (resume=true "
                     "continues that run instead)", run_dir)
     sha = git_sha(cfg.paths.get("root_dir"))
+    if record:
+        record_run(run_dir, config, sha)
+    return run_dir, config, sha
+
+
+def record_run(run_dir: Path, config: dict[str, Any], sha: str) -> None:
+    """Write ``config.yaml`` and ``git_sha.txt``: called once the run's objects are built, so a config
+    a constructor refuses leaves an earlier run's records in the directory as they were."""
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(config))
     atomic_write_text(run_dir / "git_sha.txt", sha + "\n")
     log.info("Run directory: %s (git %s)", run_dir, sha)
-    return run_dir, config, sha

@@ -24,7 +24,7 @@ from usgs.run.label_free import check_label_free
 from usgs.run.outputs import AtomicCheckpointIO, flat_metrics, write_metrics
 from usgs.run.prior_auto import ensure_priors
 from usgs.run.resume import last_checkpoint
-from usgs.run.start import check_free_space, config_text, start_run
+from usgs.run.start import check_free_space, config_text, record_run, start_run
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def train(cfg: DictConfig) -> float | None:
     """Fit ``cfg.model`` on ``cfg.data``, then test the chosen checkpoint; returns ``cfg.optimized_metric``."""
     # resume=true: the checkpoint is checked (weights_only, a full checkpoint) before anything is written
     resume = last_checkpoint(Path(cfg.paths.output_dir)) if cfg.get("resume") else None
-    run_dir, config, sha = start_run(cfg)
+    run_dir, config, sha = start_run(cfg, record=False)
     model = instantiate(cfg.model, _convert_="all")
     # Refusals first (a label-free method given a mask-reading sampler, prior or callback), before any work.
     check_label_free(cfg, type(model).__name__, model.uses_labels)
@@ -59,6 +59,8 @@ def train(cfg: DictConfig) -> float | None:
     check_free_space(run_dir, 3 * weights, "a checkpoint of this model (weights + optimizer state)")
     record = StoreConfig(config)
     callbacks = [*select_callbacks(model, _instantiate_group(cfg.get("callbacks"), "callbacks")), record]
+    loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
+    record_run(run_dir, config, sha)  # only now: a refused config leaves an earlier run's records alone
     # A missing data.prior cache is computed first (unless prior_auto=false); for a label-free method
     # without scoring it against the training masks.
     ensure_priors(cfg, train_model=train, score=model.uses_labels)
@@ -68,7 +70,6 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = training_data(datamodule)
     if len(datamodule.class_names) == model.num_classes:  # not when clusters are scored as classes
         model.class_names = list(datamodule.class_names)
-    loggers = list(_instantiate_group(cfg.get("logger"), "logger").values())
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                       plugins=[AtomicCheckpointIO()])
     for logger in loggers:
