@@ -1,57 +1,20 @@
-"""Every method that takes a backbone takes a ViT: MaskContrast (DeepLab or light head), twins, the CAM
-classifier, frozen-feature evaluation (k-means, linear probe) with features cached at patch resolution."""
+"""ViT specifics: Grad-CAM on patch features, frozen features cached at patch resolution, frozen-feature
+evaluation (k-means, linear probe). That every method trains a ViT: tests/test_backbones_fit.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import pytest
 import torch
-from omegaconf import OmegaConf, open_dict
 
-from tests.conftest import ROOT, compose_config
 from usgs.evaluation.features import FeatureSource
 from usgs.methods.classifier import ImageClassifier
 from usgs.methods.frozen_backbone import FrozenBackbone
 from usgs.nets.vit import vit
 from usgs.priors.cam import GradCAM
-from usgs.run.train import train
 
 FAST = ["logger=csv", "data.num_workers=0", "trainer.fast_dev_run=true", "data.image_size=32",
         "data.batch_size=4", "data.eval_batch_size=4"]
-
-
-@pytest.mark.parametrize("head", ["deeplabv3", "patch_head"])
-def test_maskcontrast_trains_on_a_vit(tmp_path: Path, head: str) -> None:
-    # eight training images: the experiment's saliency_unsup prior is computed for them first (prior_auto)
-    cfg = compose_config("train", ["experiment=maskcontrast", *FAST, "data.num_train=8", "data.num_val=4"], tmp_path)
-    with open_dict(cfg):
-        if head == "patch_head":  # the light head of conf/model/net/patch_head.yaml
-            cfg.model.net = OmegaConf.merge(OmegaConf.load(ROOT / "conf/model/net/patch_head.yaml"),
-                                            {"num_classes": 32, "hidden": 64})
-        cfg.model.net.backbone = "vit_small_patch16"
-        cfg.model.net.aspp_rates = [1, 2, 3] if head == "deeplabv3" else None
-        if head == "patch_head":
-            del cfg.model.net.aspp_rates
-    train(cfg)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["train/loss"] is not None and "val/miou" in metrics
-
-
-def test_twins_train_on_a_vit(tmp_path: Path) -> None:
-    from usgs.run.priors import make_priors
-
-    overrides = ["experiment=twins", *FAST, "data.num_train=8", "data.num_val=4",
-                 "model.net.backbone=vit_small_patch16", "model.net.aspp_rates=[1,2,3]"]
-    cfg = compose_config("train", overrides, tmp_path)
-    pcfg = compose_config("make_priors", [f"prior={cfg.data.prior}", "progress=false"], tmp_path / "priors_run")
-    with open_dict(pcfg):
-        pcfg.data = OmegaConf.merge(cfg.data, {"prior": None})
-        pcfg.paths.priors_dir = cfg.paths.priors_dir
-    make_priors(pcfg)
-    train(cfg)
-    assert json.loads((tmp_path / "metrics.json").read_text())["train/loss"] is not None
 
 
 def test_cam_classifier_on_vit_patch_features() -> None:
