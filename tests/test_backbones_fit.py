@@ -128,6 +128,10 @@ class _Repeat(torch.utils.data.Dataset):
 CASES = [(m, b) for m in METHODS for b in BACKBONES
          if not (m in STAGED_ONLY and b.startswith("vit")) and not (m == "weak_deeplab" and b != "resnet18")
          and not (m == "maskcontrast+patch_head" and not b.startswith("vit"))]
+# The other code paths of usgs.nets, under one method: ResNet bottlenecks, a DINOv2 ViT (patch 14, registers)
+BACKBONES.update({"resnet50": "null", "vit_small_patch14_reg4_dinov2": "null"})
+SIZES["vit_small_patch14_reg4_dinov2"] = 42  # 3 x 3 tokens
+CASES += [("supervised", "resnet50"), ("supervised", "vit_small_patch14_reg4_dinov2")]
 
 
 @pytest.mark.parametrize(("method", "backbone"), CASES)
