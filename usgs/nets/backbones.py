@@ -12,6 +12,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from usgs.nets.conv_init import init_conv_bn
 from usgs.nets.efficientnet import EFFICIENTNET_SPECS, EfficientNetLite, efficientnet_lite
 from usgs.nets.vit import VIT_SPECS, VisionTransformer, vit
 from usgs.nets.weights import load_weights
@@ -122,12 +123,7 @@ class ResNet(nn.Module):
                          "layer3": 256 * e, "layer4": 512 * e}
         self.output_stride = output_stride
         self.feature_map = nn.Identity()  # no weights: the hook point of layer4 (Grad-CAM's layer)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_bn(self)
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
                     stride: int = 1, dilate: bool = False) -> nn.Sequential:

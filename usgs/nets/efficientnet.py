@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from usgs.nets.conv_init import init_conv_bn
 from usgs.nets.weights import load_weights
 
 # The normalisation every usgs dataset applies (usgs.data.transforms.IMAGENET_MEAN/STD; a test ties them).
@@ -205,13 +206,9 @@ class EfficientNetLite(nn.Module):
 
     def _init_weights(self) -> None:
         # TF release: conv kernels ~ N(0, sqrt(2 / fan_out)), dense ~ U(+-1/sqrt(out)); BN weight 1, bias 0.
+        init_conv_bn(self)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            if isinstance(m, nn.Linear):
                 bound = 1.0 / math.sqrt(m.out_features)
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
