@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from usgs.priors.cam_saliency import attention_saliency_pseudo_gt
+from usgs.priors.cam_saliency_rules import attention_saliency_pseudo_gt
 
 H = W = 40  # 1% of the image = 16 pixels
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from usgs.methods.single_stage import SingleStage, SingleStageNet
+from usgs.methods.single_stage import SingleStage
+from usgs.nets.single_stage_net import SingleStageNet
 
 torch.set_num_threads(1)
 

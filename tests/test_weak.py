@@ -15,8 +15,8 @@ from usgs.methods.gwp import (
     ngwp_scores,
     pseudo_gt_from_masks,
 )
-from usgs.methods.single_stage import StochasticGate
 from usgs.methods.weak_deeplab import uses_ground_truth
+from usgs.nets.single_stage_net import StochasticGate
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torch import Tensor, nn
 
-from usgs.methods.single_stage import RefinedMasks, SingleStage, SingleStageNet
+from usgs.methods.single_stage import RefinedMasks, SingleStage
+from usgs.nets.single_stage_net import SingleStageNet
 from usgs.priors.cam_saliency import OnlinePseudoLabeler, image_labels
 from usgs.run.train import train
 
