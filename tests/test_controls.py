@@ -35,7 +35,7 @@ def test_linear_probe_control_reads_saliency_and_colour_only() -> None:
     batch = _batch()
     source = InputFeatures([batch], "saliency")
     (_, out), = list(source)
-    assert out.features.shape == (1, 4, 2, 4) and torch.equal(out.features[0, 0], (batch["saliency"][0] == 1).float())
+    assert out.features.shape == (1, 4, 2, 4) and torch.equal(out.features.dense()[0, 0], (batch["saliency"][0] == 1).float())
     result = LinearProbe(pixels_per_image=8, max_iter=50).run(source, InputFeatures([batch], "saliency"), 3)
     # black image: only the saliency channel separates pixels, so the probe cannot beat saliency_only
     assert result.scores["linear_probe"]["miou"][0] <= (4 / 5 + 2 / 3) / 3 + 1e-6

@@ -241,7 +241,7 @@ def test_decoder_layer_is_the_head_features_before_the_projection() -> None:
     (_, out), = list(source)
     with torch.no_grad():
         expected = F.interpolate(net.features(image), size=(16, 16), mode="bilinear", align_corners=False)
-    assert out.features.shape == (2, 16, 16, 16) and torch.allclose(out.features, expected, atol=1e-5)
+    assert out.features.shape == (2, 16, 16, 16) and torch.allclose(out.features.dense(), expected, atol=1e-5)
     assert LinearProbe().layer == "decoder" and KMeansEvaluation().layer == "projection"
 
 

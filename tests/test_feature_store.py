@@ -62,10 +62,10 @@ def test_source_with_store_runs_the_network_once(tmp_path: Path) -> None:
     net = Counting()
     identity = {"split": "val", "module": module_fingerprint(net)}
     first = FeatureSource(net, batches, torch.device("cpu"), store=FeatureStore(tmp_path, identity, 6, chunk=4))
-    one = [out.features for _, out in first]
-    two = [out.features for _, out in first]
+    one = [out.features.dense() for _, out in first]
+    two = [out.features.dense() for _, out in first]
     later = FeatureSource(net, batches, torch.device("cpu"), store=FeatureStore(tmp_path, identity, 6, chunk=4))
-    three = [out.features for _, out in later]
+    three = [out.features.dense() for _, out in later]
     assert net.seen == 6  # one network pass over three passes and two sources
     assert all(torch.equal(a, b) and torch.equal(a, c) for a, b, c in zip(one, two, three))
     assert one[0].shape == (2, 3, 8, 8)  # upsampled to the image as read

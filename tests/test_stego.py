@@ -133,7 +133,7 @@ def _running(pid: int) -> bool:
     """Whether process ``pid`` exists and is not a zombie (ended, waiting to be reaped)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or gone while being read
         return False
     return state != "Z"
 

@@ -33,15 +33,15 @@ def test_frozen_features_cached_at_patch_resolution_and_flip_is_equivariant() ->
     assert net.embed(image)[0].shape == (2, 384, 2, 3)
     batch = {"image": image, "mask": torch.zeros(2, 32, 48, dtype=torch.long)}
     source = FeatureSource(net, [batch], torch.device("cpu"))
-    first = [out.features for _, out in source]
+    first = [out.features.dense() for _, out in source]
     assert first[0].shape == (2, 384, 32, 48) and source._cache is not None
     assert source._cache[0][1].features.shape == (2, 384, 2, 3)  # what is kept: the patch map
-    second = [out.features for _, out in source]
+    second = [out.features.dense() for _, out in source]
     assert torch.allclose(first[0], second[0], atol=1e-2)  # float16 cache
     # test-time flip: the averaged output of the mirror image is the mirrored averaged output
     flipped = {"image": image.flip(-1), "mask": batch["mask"]}
-    a = next(iter(FeatureSource(net, [batch], torch.device("cpu"), cache_mb=0, flip=True)))[1].features
-    b = next(iter(FeatureSource(net, [flipped], torch.device("cpu"), cache_mb=0, flip=True)))[1].features
+    a = next(iter(FeatureSource(net, [batch], torch.device("cpu"), cache_mb=0, flip=True)))[1].features.dense()
+    b = next(iter(FeatureSource(net, [flipped], torch.device("cpu"), cache_mb=0, flip=True)))[1].features.dense()
     assert torch.allclose(a, b.flip(-1), atol=1e-4) and not torch.allclose(a, first[0], atol=1e-2)
 
 

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from usgs.evaluation.features import FeatureSource, salient_prototypes
+from usgs.evaluation.features import FeatureSource, PixelOutputs, salient_prototypes
+from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
 from usgs.metrics import Matching, SegmentationMetric
-from usgs.nets.dense_outputs import DenseOutputs
 from usgs.nets.kmeans import KMeansResult, kmeans
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,22 @@ def whiten(x: Tensor, transform: tuple[Tensor, Tensor] | None) -> Tensor:
 def centre_logits(x: Tensor, transform: tuple[Tensor, Tensor] | None, centers: Tensor) -> Tensor:
     """Logits over ``centers`` [k,r] of pixels x [..., D] whose softmax equals that of
     ``-||whiten(x) - c||^2``: ``2 whiten(x).c - ||c||^2`` (the ``||whiten(x)||^2`` term is the same for
-    every centre and cancels), computed as ``2 (x - mean) @ (W c^T)`` so the D x r whitening is applied
-    to the k centres instead of every pixel (a 1280-d map: r x fewer multiplications)."""
+    every centre and cancels). It is linear in x (:func:`centre_linear`)."""
+    weight, bias = centre_linear(transform, centers)
+    return x @ weight.to(x).t() + bias.to(x)
+
+
+def centre_linear(transform: tuple[Tensor, Tensor] | None, centers: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`centre_logits` as ``x @ weight.T + bias``: weight [k,D] = ``2 (W c^T)^T``, bias [k] =
+    ``-2 mean.W c^T - ||c||^2``, so the D x r whitening is applied to the k centres instead of every
+    pixel (a 1280-d map: r x fewer multiplications)."""
     if transform is None:
-        projected, offset = centers.t(), x.new_zeros(())
+        projected, offset = centers.t(), centers.new_zeros(())
     else:
-        mean, w = (t.to(x.device) for t in transform)
+        mean, w = (t.to(centers.device) for t in transform)
         projected = w @ centers.t()  # [D,k]
         offset = mean @ projected  # [k]
-    return 2 * (x @ projected - offset) - (centers * centers).sum(1)
+    return 2 * projected.t(), -2 * offset - (centers * centers).sum(1)
 
 
 def kmeans_large(x: Tensor, k: int, seed: int, sample: int = 20_000, restarts: int = 4, iters: int = 30,
@@ -89,12 +96,11 @@ def kmeans_large(x: Tensor, k: int, seed: int, sample: int = 20_000, restarts: i
     return kmeans(x, k, iters=full_iters, tol=tol, init=sub.centers[int(sub.inertia.argmin())])
 
 
-def _sample(features: Tensor, per_image: int, generator: torch.Generator) -> Tensor:
+def _sample(features: PixelFeatures, per_image: int, generator: torch.Generator) -> Tensor:
     """``per_image`` random pixels of each image, any label: features [B,D,H,W] -> [B*per_image, D]."""
-    flat = features.flatten(2)  # [B,D,HW]
-    n = flat.shape[2]
-    idx = torch.stack([torch.randperm(n, generator=generator)[: min(per_image, n)] for _ in range(flat.shape[0])])
-    return flat.gather(2, idx.unsqueeze(1).expand(-1, flat.shape[1], -1)).permute(0, 2, 1).flatten(0, 1)
+    b, _, h, w = features.shape
+    idx = torch.stack([torch.randperm(h * w, generator=generator)[: min(per_image, h * w)] for _ in range(b)])
+    return features.gather(idx).flatten(0, 1)
 
 
 class KMeansEvaluation:
@@ -133,7 +139,7 @@ class KMeansEvaluation:
         self.logit_weighted = logit_weighted
         self.matching: Matching = matching
 
-    def _prototypes(self, out: DenseOutputs) -> tuple[Tensor, Tensor, Tensor]:
+    def _prototypes(self, out: PixelOutputs) -> tuple[Tensor, Tensor, Tensor]:
         assert out.saliency is not None
         return salient_prototypes(out.features, out.saliency, self.logit_threshold, self.logit_weighted)
 
@@ -163,7 +169,7 @@ class KMeansEvaluation:
                 protos.append(p)
                 valid.append(v)
             if self.pixels:
-                pixel_samples.append(_sample(F.normalize(out.features, dim=1), self.pixels_per_image, generator))
+                pixel_samples.append(_sample(out.features.normalized(), self.pixels_per_image, generator))
         if not has_saliency:
             log.warning("kmeans: the module predicts no saliency; only the pixel-level variant is run")
         if not has_saliency and not self.pixels:
@@ -188,11 +194,13 @@ class KMeansEvaluation:
         variants = (["prototypes"] if has_saliency else []) + (["pixels"] if self.pixels else [])
         metrics = {v: [SegmentationMetric(num_classes, num_classes, self.matching) for _ in self.seeds]
                    for v in variants}
+        if self.pixels:
+            pixel_linear = [centre_linear(pixel_transform, c) for c in pixel_centers]
         start = 0
         for batch, out in evaluation:
             b = out.features.shape[0]
             if self.pixels:  # the same for every seed
-                pixel_feats = F.normalize(out.features, dim=1).to(device).permute(0, 2, 3, 1)
+                pixel_feats = out.features.normalized().to(device)
             for i in range(len(self.seeds)):
                 if has_saliency:
                     cluster = image_clusters[i][start:start + b]
@@ -208,8 +216,8 @@ class KMeansEvaluation:
                     if i == 0:
                         result.add_examples("prototypes", batch, pred)
                 if self.pixels:
-                    logits = centre_logits(pixel_feats, pixel_transform, pixel_centers[i])  # [b,H,W,k]
-                    probs = F.softmax(logits, dim=-1).permute(0, 3, 1, 2).cpu()
+                    logits = pixel_feats.linear(*pixel_linear[i])  # [b,k,H,W]
+                    probs = F.softmax(logits, dim=1).cpu()
                     pred = mask_predictions(probs, batch, refine)
                     metrics["pixels"][i].update(pred, batch["mask"])
                     if i == 0:

@@ -6,6 +6,7 @@ How one batch is read (``embed`` or ``predict``) lives in :mod:`usgs.nets.dense_
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from usgs.evaluation.feature_store import FeatureStore
+from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.nets.dense_outputs import DenseOutputs, dense_outputs
 
 
@@ -21,14 +23,24 @@ def _to_cpu(batch: dict[str, Any]) -> dict[str, Any]:
     return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in batch.items()}
 
 
+@dataclass
+class PixelOutputs:
+    """One batch's outputs as the protocols read them: features at image size (held at the network's
+    resolution, :class:`PixelFeatures`) and saliency probabilities [B,H,W] or None."""
+
+    features: PixelFeatures
+    saliency: Tensor | None
+
+
 class FeatureSource:
-    """Re-iterable ``(batch, DenseOutputs)`` over a loader in a fixed order, outputs on the CPU.
+    """Re-iterable ``(batch, PixelOutputs)`` over a loader in a fixed order, outputs on the CPU.
 
     The first pass runs the network; its outputs are kept (features as float16) while they fit in
     ``cache_mb``, so protocols that need two passes (fit, then predict) pay for one forward pass on
     small evaluation splits and for two, without running out of memory, on large ones. Features are
     kept at the network's resolution (a frozen ViT's patch map is p^2 times smaller than the image,
-    so hundreds of images fit) and upsampled to the image as they are read. ``layer`` picks the
+    so hundreds of images fit) and read at image size through :class:`PixelFeatures`, which
+upsamples bilinearly (and normalises) only what a protocol reads. ``layer`` picks the
     features (see :func:`dense_outputs`); saliency is cached in float32 because protocols take its
     logit. ``flip`` averages each output with that of the horizontally mirrored image (STEGO's
     test-time flip). The loader must not shuffle (batches are matched across passes by position).
@@ -102,7 +114,7 @@ class FeatureSource:
             raise ValueError("FeatureSource.fill needs a store")
         return sum(int(batch["image"].shape[0]) for batch, _ in self._stored())
 
-    def __iter__(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], PixelOutputs]]:
         self._passes += 1
         total = len(self._cache) if self._cache is not None else _length(self.loader)
         what = "cached features" if self._cache is not None else "network"
@@ -110,7 +122,7 @@ class FeatureSource:
             what = "feature cache on disk" if self.store.complete() else "network -> feature cache on disk"
         yield from self.bar(self._iterate(), f"{self.name} pass {self._passes} ({what})", total)
 
-    def _iterate(self) -> Iterator[tuple[dict[str, Any], DenseOutputs]]:
+    def _iterate(self) -> Iterator[tuple[dict[str, Any], PixelOutputs]]:
         if self.store is not None:
             for batch, out in self._stored():
                 yield batch, self._at_image_size(batch, out)
@@ -135,16 +147,14 @@ class FeatureSource:
         """Unit-length pixel features for the (normalised) embedding; other layers stay as they are."""
         return F.normalize(features, dim=1) if self.layer == "embedding" else features
 
-    def _at_image_size(self, batch: dict[str, Any], out: DenseOutputs) -> DenseOutputs:
-        """Features coarser than the image (a ViT's patch map) upsampled bilinearly."""
-        size = batch["image"].shape[-2:]
-        if out.features.shape[-2:] == size:
-            return out
-        features = F.interpolate(out.features.float(), size=size, mode="bilinear", align_corners=False)
-        return DenseOutputs(self._unit(features), out.saliency)
+    def _at_image_size(self, batch: dict[str, Any], out: DenseOutputs) -> PixelOutputs:
+        """Features coarser than the image (a ViT's patch map) read as upsampled bilinearly (and
+        normalised again for the embedding layer)."""
+        features = PixelFeatures(out.features.float(), batch["image"].shape[-2:], unit=self.layer == "embedding")
+        return PixelOutputs(features, out.saliency)
 
 
-def salient_prototypes(features: Tensor, saliency: Tensor, logit_threshold: float = 0.5,
+def salient_prototypes(features: Tensor | PixelFeatures, saliency: Tensor, logit_threshold: float = 0.5,
                        logit_weighted: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """One prototype per image from its predicted saliency, as MaskContrast's evaluation code does.
 
@@ -154,15 +164,16 @@ def salient_prototypes(features: Tensor, saliency: Tensor, logit_threshold: floa
     foreground; ``logit_threshold=0`` is probability > 0.5.
 
     Args:
-        features: [B,D,H,W]; saliency: probabilities [B,H,W] (their logit is recovered, |logit| <= 16).
+        features: [B,D,H,W] (a tensor or :class:`PixelFeatures`); saliency: probabilities [B,H,W] (their logit is recovered, |logit| <= 16).
     Returns:
         prototypes [B,D] (unit rows, zero rows without foreground), valid [B] bool, foreground [B,H,W] bool.
     """
     logit = torch.logit(saliency.float(), eps=1e-7)
     foreground = logit > logit_threshold
     weight = torch.where(foreground, logit if logit_weighted else torch.ones_like(logit), torch.zeros_like(logit))
-    sums = torch.einsum("bdhw,bhw->bd", features.float(), weight)
+    sums = PixelFeatures.of(features).pool(weight.unsqueeze(1))[:, 0]
     return F.normalize(sums, dim=1), foreground.flatten(1).any(1), foreground
+
 
 def _length(loader: Iterable[Any]) -> int | None:
     try:

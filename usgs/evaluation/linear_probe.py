@@ -20,21 +20,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from usgs.evaluation.features import FeatureSource
+from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
 from usgs.metrics import SegmentationMetric
 
 IGNORE_INDEX = 255
 
 
-def sample_pixels(features: Tensor, mask: Tensor, per_image: int, generator: torch.Generator,
+def sample_pixels(features: Tensor | PixelFeatures, mask: Tensor, per_image: int, generator: torch.Generator,
                   ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Up to ``per_image`` labelled pixels of each image: (x [n,D], y [n]); features [B,D,H,W], mask [B,H,W]."""
+    """Up to ``per_image`` labelled pixels of each image: (x [n,D], y [n]); features [B,D,H,W] (a tensor
+    or :class:`PixelFeatures`), mask [B,H,W]."""
+    features = PixelFeatures.of(features)
     xs, ys = [], []
-    for feat, target in zip(features, mask):
+    for b, target in enumerate(mask):
         idx = (target.flatten() != ignore_index).nonzero().squeeze(1)
         if idx.numel() > per_image:
             idx = idx[torch.randperm(idx.numel(), generator=generator)[:per_image]]
-        xs.append(feat.flatten(1)[:, idx].t())
+        xs.append(features.image(b).gather(idx.unsqueeze(0))[0])
         ys.append(target.flatten()[idx])
     return torch.cat(xs), torch.cat(ys)
 
@@ -101,7 +104,7 @@ class LinearProbe:
         for batch, out in evaluation:
             for i, (probe, metric) in enumerate(zip(probes, metrics)):
                 with torch.no_grad():
-                    probs = probe(out.features).softmax(dim=1)
+                    probs = out.features.linear(probe.weight.flatten(1), probe.bias).softmax(dim=1)
                 pred = mask_predictions(probs, batch, refine)
                 metric.update(pred, batch["mask"])
                 if i == 0:

@@ -27,30 +27,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from usgs.evaluation.features import FeatureSource, salient_prototypes
+from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.evaluation.report import Refine, TaskResult
 from usgs.metrics import SegmentationMetric
 
 IGNORE_INDEX = 255
 
 
-def segment_prototypes(features: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-(image, class) mean features of a remapped target [B,H,W] (ids 0..m-1, 255 ignored).
+def segment_prototypes(features: Tensor | PixelFeatures, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-(image, class) mean features of a remapped target [B,H,W] (ids 0..m-1, 255 ignored);
+    features [B,D,H,W] (a tensor or :class:`PixelFeatures`).
 
     Returns (prototypes [n,D] unit rows, labels [n], image index within the batch [n]).
     """
+    features = PixelFeatures.of(features)
     protos, labels, images = [], [], []
-    for b, (feat, t) in enumerate(zip(features, target)):
-        for c in t.unique():
-            if int(c) == IGNORE_INDEX:
-                continue
-            region = t == c
-            protos.append(feat[:, region].mean(dim=1))
-            labels.append(int(c))
-            images.append(b)
+    for b, t in enumerate(target):
+        classes = [c for c in t.unique().tolist() if c != IGNORE_INDEX]
+        if not classes:
+            continue
+        regions = torch.stack([(t == c).float() for c in classes])  # [m,H,W]
+        sums = features.image(b).pool(regions.unsqueeze(0))[0]  # [m,D]
+        protos.append(sums / regions.flatten(1).sum(1, keepdim=True))
+        labels += classes
+        images += [b] * len(classes)
     if not protos:
         empty = torch.zeros(0, dtype=torch.long)
-        return features.new_zeros(0, features.shape[1]), empty, empty
-    return F.normalize(torch.stack(protos), dim=1), torch.tensor(labels), torch.tensor(images)
+        return torch.zeros(0, features.shape[1]), empty, empty
+    return F.normalize(torch.cat(protos), dim=1), torch.tensor(labels), torch.tensor(images)
 
 
 def vote(similarity: Tensor, labels: Tensor, k: int, num_labels: int) -> Tensor:
@@ -177,7 +181,7 @@ class SegmentRetrieval:
         lut = self._lut(ids)
         db_protos, db_labels = [], []
         for batch, out in train:
-            p, lab, _ = segment_prototypes(F.normalize(out.features, dim=1), lut[batch["mask"]])
+            p, lab, _ = segment_prototypes(out.features.normalized(), lut[batch["mask"]])
             db_protos.append(p)
             db_labels.append(lab)
         database, labels = torch.cat(db_protos), torch.cat(db_labels)
@@ -187,7 +191,7 @@ class SegmentRetrieval:
         result = TaskResult(self.name, [names[i] for i in ids])
         for batch, out in evaluation:
             target = lut[batch["mask"]]
-            p, segment_label, image = segment_prototypes(F.normalize(out.features, dim=1), target)
+            p, segment_label, image = segment_prototypes(out.features.normalized(), target)
             pred = torch.zeros_like(target)  # pixels outside every segment are ignored by the target
             if p.shape[0]:
                 retrieved = vote(p @ database.t(), labels, self.k, len(ids))

@@ -16,7 +16,8 @@ class FrozenBackbone(nn.Module):
     """``embed(image [B,3,H,W]) -> (L2-normalised features [B,C,H/p,W/p], None)``; no saliency.
 
     Features stay at the backbone's resolution; the evaluation
-    (:class:`usgs.evaluation.features.FeatureSource`) caches them so and upsamples per use
+    (:class:`usgs.evaluation.features.FeatureSource`) caches them so and reads them at image size
+    through :class:`usgs.evaluation.pixel_features.PixelFeatures` (upsampled only where read)
     (``evaluate.py flip=true`` adds the test-time flip).
     """
 
