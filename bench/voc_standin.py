@@ -8,8 +8,13 @@
 ``val`` (data=voc's test split) lists ``test`` further images. Each image is a textured background
 with 1-4 filled ellipses / rectangles whose colour depends on their class, JPEG quality 90: the
 decode, resize and label-reading costs of real VOC files, not their content. Seeded: the same
-``(n, seed)`` gives the same files. (branch ``recipes`` writes ``usgs/data/standin.py`` for full-size
-stand-ins of every dataset; this one belongs to the scale benchmark until the two are merged.)
+``(n, seed)`` gives the same files.
+
+Why not ``usgs.data.standin.voc`` (the recipes' dry-run stand-in): that one writes a few 500x375
+images with piecewise-constant labels for shape checks; the scale benchmark needs thousands of
+images in VOC's mix of sizes and orientations, labels with VOC's 255 object borders (the loaders'
+ignore handling is part of the cost), and a writer that completes a partly written folder
+(``make_voc_standin`` skips files that exist), so a stopped benchmark resumes.
 """
 
 from __future__ import annotations

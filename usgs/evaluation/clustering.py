@@ -26,6 +26,7 @@ from torch import Tensor
 from usgs.evaluation.features import FeatureSource, PixelOutputs, salient_prototypes
 from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
+from usgs.evaluation.row_buffer import RowBuffer
 from usgs.metrics import Matching, SegmentationMetric
 from usgs.nets.kmeans import KMeansResult, kmeans
 
@@ -159,7 +160,7 @@ class KMeansEvaluation:
         device = evaluation.device
         protos: list[Tensor] = []
         valid: list[Tensor] = []
-        pixel_samples: list[Tensor] = []
+        pixel_samples = RowBuffer((evaluation.num_images or 0) * self.pixels_per_image)
         generator = torch.Generator().manual_seed(self.seeds[0])
         has_saliency = True
         for _, out in evaluation:
@@ -188,7 +189,7 @@ class KMeansEvaluation:
                 image_clusters = [torch.cdist(whiten(all_protos.to(device), transform), c).argmin(1).cpu()
                                   for c in centers]
         if self.pixels:
-            pixel_transform, pixel_centers = self._fit(torch.cat(pixel_samples), num_classes, evaluation)
+            pixel_transform, pixel_centers = self._fit(pixel_samples.rows(), num_classes, evaluation)
 
         result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
         variants = (["prototypes"] if has_saliency else []) + (["pixels"] if self.pixels else [])

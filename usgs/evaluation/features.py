@@ -108,6 +108,14 @@ upsamples bilinearly (and normalises) only what a protocol reads. ``layer`` pick
                 out = DenseOutputs(*self.store.read(indices))
             yield _to_cpu(batch), out
 
+    @property
+    def num_images(self) -> int | None:
+        """Images per pass (the loader's dataset length), or None when the loader has no dataset length."""
+        try:
+            return len(self.loader.dataset)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            return None
+
     def fill(self) -> int:
         """One pass that only makes sure the store holds this loader's images; returns their count."""
         if self.store is None:

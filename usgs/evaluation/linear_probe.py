@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from usgs.evaluation.features import FeatureSource
 from usgs.evaluation.pixel_features import PixelFeatures
 from usgs.evaluation.report import Refine, TaskResult, mask_predictions
+from usgs.evaluation.row_buffer import RowBuffer
 from usgs.metrics import SegmentationMetric
 
 IGNORE_INDEX = 255
@@ -91,14 +92,16 @@ class LinearProbe:
     def run(self, train: FeatureSource, evaluation: FeatureSource, num_classes: int,
             class_names: Sequence[str] = (), refine: Refine | None = None) -> TaskResult:
         generators = [torch.Generator().manual_seed(s) for s in self.seeds]
-        samples: list[list[tuple[Tensor, Tensor]]] = [[] for _ in self.seeds]
+        capacity = (train.num_images or 0) * self.pixels_per_image  # an upper bound: the sample is held once
+        samples = [(RowBuffer(capacity), RowBuffer(capacity)) for _ in self.seeds]
         for batch, out in train:
-            for store, generator in zip(samples, generators):
-                store.append(sample_pixels(out.features, batch["mask"], self.pixels_per_image, generator))
+            for (xs, ys), generator in zip(samples, generators):
+                x, y = sample_pixels(out.features, batch["mask"], self.pixels_per_image, generator)
+                xs.append(x)
+                ys.append(y)
         probes = []
-        for store in train.bar(samples, "linear probe fit per seed"):
-            x, y = torch.cat([s[0] for s in store]), torch.cat([s[1] for s in store])
-            probes.append(fit_linear(x, y, num_classes, self.weight_decay, self.max_iter))
+        for xs, ys in train.bar(samples, "linear probe fit per seed"):
+            probes.append(fit_linear(xs.rows(), ys.rows(), num_classes, self.weight_decay, self.max_iter))
         metrics = [SegmentationMetric(num_classes) for _ in probes]
         result = TaskResult(self.name, class_names or [str(c) for c in range(num_classes)])
         for batch, out in evaluation:
