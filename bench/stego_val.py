@@ -1,6 +1,7 @@
 """STEGO's validation curves from its Hydra multiruns (docs/stego.md): val mIoU of the cluster probe
 (Hungarian-matched over the split) and of the linear probe after every epoch, per group of runs that
-differ only in their seed (mean ± population std over seeds, percent).
+differ only in their seed (mean ± population std over seeds, percent). Runs of different sweeps with
+the same settings are pooled; an override equal to ``conf/model/stego.yaml``'s value counts as no change.
 
     python bench/stego_val.py logs/stego_val/budget logs/stego_val/shifts
 
@@ -17,16 +18,28 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+MODEL_DEFAULTS = yaml.safe_load((Path(__file__).parents[1] / "conf" / "model" / "stego.yaml").read_text())
 
-def curves(sweep: Path) -> dict[str, dict[int, list[tuple[float, float]]]]:
-    """{overrides without the seed: {step: [(cluster, linear) per seed]}} of every run in ``sweep``."""
+
+def settings(overrides: list[str]) -> str:
+    """The ``model.*`` overrides that change a default of conf/model/stego.yaml, or "defaults"."""
+    changed = []
+    for override in overrides:
+        name, _, value = override.partition("=")
+        if name.startswith("model.") and yaml.safe_load(value) != MODEL_DEFAULTS.get(name.removeprefix("model.")):
+            changed.append(override)
+    return " ".join(sorted(changed)) or "defaults"
+
+
+def curves(sweeps: list[Path]) -> dict[str, dict[int, list[tuple[float, float]]]]:
+    """{settings: {step: [(cluster, linear) per run]}} of every run in ``sweeps``."""
     out: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for metrics in sorted(sweep.glob("*/csv/metrics.csv")):
-        overrides = yaml.safe_load((metrics.parents[1] / ".hydra" / "overrides.yaml").read_text())
-        key = " ".join(o for o in overrides if o.startswith("model."))
-        for row in csv.DictReader(metrics.open()):
-            if row.get("val/miou"):
-                out[key or "defaults"][int(row["step"]) + 1].append((float(row["val/miou"]), float(row["val/linear/miou"])))
+    for sweep in sweeps:
+        for metrics in sorted(sweep.glob("*/csv/metrics.csv")):
+            key = settings(yaml.safe_load((metrics.parents[1] / ".hydra" / "overrides.yaml").read_text()))
+            for row in csv.DictReader(metrics.open()):
+                if row.get("val/miou"):
+                    out[key][int(row["step"]) + 1].append((float(row["val/miou"]), float(row["val/linear/miou"])))
     return out
 
 
@@ -34,13 +47,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweeps", type=Path, nargs="+")
     args = parser.parse_args()
-    print("| sweep | settings | steps | seeds | val cluster mIoU (%) | val linear mIoU (%) |\n|---|---|---|---|---|---|")
-    for sweep in args.sweeps:
-        for key, steps in curves(sweep).items():
-            for step, values in sorted(steps.items()):
-                v = np.array(values) * 100
-                print(f"| {sweep.name} | {key} | {step} | {len(v)} | {v[:, 0].mean():.1f} ± {v[:, 0].std():.1f} "
-                      f"| {v[:, 1].mean():.1f} ± {v[:, 1].std():.1f} |")
+    print("| settings | steps | seeds | val cluster mIoU (%) | val linear mIoU (%) |\n|---|---|---|---|---|")
+    for key, steps in sorted(curves(args.sweeps).items()):
+        for step, values in sorted(steps.items()):
+            v = np.array(values) * 100
+            print(f"| {key} | {step} | {len(v)} | {v[:, 0].mean():.1f} ± {v[:, 0].std():.1f} "
+                  f"| {v[:, 1].mean():.1f} ± {v[:, 1].std():.1f} |")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from usgs.run.resume import last_checkpoint
 from usgs.run.start import check_free_space, start_run
 
 ROOT = Path(__file__).resolve().parents[1]
+
 SMALL = ["logger=csv", "data.num_workers=0", "experiment=supervised", "data.image_size=32",
          "data.batch_size=2", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
          "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
@@ -248,6 +249,26 @@ def test_a_checkpoint_config_naming_a_function_is_refused(tmp_path) -> None:
     with pytest.raises(WeightsFileError, match=r"would build 'usgs.atomic.atomic_write' \(model.net._target_\)"):
         load_checkpoint(tmp_path / "c.ckpt")
     assert not marker.exists()
+
+
+def test_every_experiment_config_passes_the_checkpoint_check(make_cfg) -> None:
+    """What train.py stores of each experiment loads back (STEGO's partial ``model.crf`` once did not), and
+    a partial outside usgs is still refused."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import EXPERIMENTS
+    from tests.test_paper_recipes import RECIPES
+    from usgs.nets.weights import WeightsFileError
+    from usgs.run.checkpoints import _check_targets
+
+    experiments = [*EXPERIMENTS, *(f"paper/{name}" for name, (config, _) in RECIPES.items() if config == "train")]
+    assert "stego_stanford" in experiments and len(experiments) > len(EXPERIMENTS)
+    for name in experiments:
+        cfg = make_cfg([f"experiment={name}"])
+        for key in ("model", "data"):
+            _check_targets(OmegaConf.to_container(cfg[key], resolve=False), Path(name), key)
+    with pytest.raises(WeightsFileError, match="'os.system'"):
+        _check_targets({"crf": {"_target_": "os.system", "_partial_": True}}, Path("x"), "model")
 
 
 def test_truncated_foreign_and_weights_only_checkpoints_are_named(make_cfg, tmp_path) -> None:

@@ -20,8 +20,10 @@ from usgs.nets.weights import WeightsFileError, load_file
 log = logging.getLogger(__name__)
 
 # What a checkpoint's stored config may build (model and data): classes of these packages, and the
-# network factories of usgs.nets (backbones: resnet, vgg16_bn). Any other function (os.system,
-# usgs.atomic.atomic_write) would run when instantiated, with arguments from the file.
+# network factories of usgs.nets (backbones: resnet, vgg16_bn), and a usgs function under
+# ``_partial_: true`` (STEGO's ``model.crf``): instantiating it only binds its arguments, and only the
+# module's own code calls it. Any other function (os.system, usgs.atomic.atomic_write) would run when
+# instantiated, with arguments from the file.
 TRUSTED_TARGETS = ("usgs.", "torch.nn.", "torch.optim.")
 TRUSTED_FUNCTIONS = ("usgs.nets.",)
 
@@ -32,7 +34,8 @@ def _check_targets(node: Any, path: Path, where: str) -> None:
         target = node.get("_target_")
         if target is not None:
             trusted = isinstance(target, str) and target.startswith(TRUSTED_TARGETS)
-            if trusted and not target.startswith(TRUSTED_FUNCTIONS):  # imported only under a trusted prefix
+            partial_usgs = node.get("_partial_") is True and trusted and target.startswith("usgs.")
+            if trusted and not partial_usgs and not target.startswith(TRUSTED_FUNCTIONS):  # imported only under a trusted prefix
                 module, _, name = target.rpartition(".")
                 try:
                     trusted = isinstance(getattr(importlib.import_module(module), name), type)
