@@ -12,6 +12,10 @@ are scored once. Finished runs are read back, not redone: an interrupted sweep r
 
 Writes ``<out>/<method>/results.json`` and ``docs/budget_<method>.{md,png}`` (mean ± population std
 over the seeds that finished, per budget). Run directories: ``<out>/<method>/<arm>/b<budget>_s<seed>``.
+
+``--start efficientnet_lite0`` is the pretrained arm (issue 24): every network of the method (and the
+classifier behind the weak DeepLab's pseudo labels) starts from the ImageNet EfficientNet-Lite0 of PyPI,
+at the lr its own val sweep chose (``LITE0_LR``); outputs go to ``<method>_efficientnet_lite0``.
 """
 
 from __future__ import annotations
@@ -72,9 +76,43 @@ class Baseline:
     result: str  # file in the run directory: metrics.json or report.json
     key: str
     more: tuple[tuple[str, str], ...] = ()
+    network: bool = False  # it builds the method's network: it gets the start's overrides
+    start: str | None = None  # measured only under this start (e.g. the frozen pretrained features)
 
 
-Prepare = Callable[[Path], dict[str, str]]
+Prepare = Callable[[Path, str], dict[str, str]]
+
+# Where the networks start: random init (the experiments as they are) or ImageNet EfficientNet-Lite0,
+# given as (backbone name, weights) to the experiment's backbone keys.
+STARTS: dict[str, tuple[str, str] | None] = {"random": None,
+                                             "efficientnet_lite0": ("efficientnet_lite0", "efficientnet_lite0")}
+# The backbone's (name, weights) keys: model.net.* (DeepLab, PSPNet, single-stage), the classifier's own.
+BACKBONE_KEYS: dict[str, tuple[str, str]] = {"classifier_stanford": ("model.backbone.name", "model.backbone.weights")}
+# The lr of each experiment from the ImageNet start, chosen on val by
+# ``bench/lr_sweep.py <experiment> --start efficientnet_lite0`` (BENCHMARKS.md); absent: the file's lr.
+# Grids of two (the file's lr and a tenth of it), seeds 0 and 1, 2026-12-04: every sweep kept the file's.
+LITE0_LR: dict[str, float] = {
+    "classifier_stanford": 0.1,     # Grad-CAM val mIoU 8.4 ± 1.1 (0.01: 8.4 ± 0.5)
+    "single_stage_stanford": 0.05,  # 15.1 ± 1.5 (0.005: 7.5 ± 2.5)
+    "weak_deeplab_stanford": 0.02,  # 7.3 ± 1.9 (0.002: 4.2 ± 0.5)
+    "clusternet_stanford": 0.1,     # 10.0 ± 1.4 (0.01: 7.6 ± 0.6)
+    "pspnet_stanford": 0.01,        # 26.8 ± 0.4 (0.001: 19.6 ± 0.6)
+    "maskcontrast_stanford": 0.8,   # k-means prototypes 8.7 ± 0.3 (0.08: 6.0 ± 1.7)
+    "saliency_weizmann": 0.1,       # 2-class val mIoU 72.8 ± 0.5 (0.01: 64.2 ± 0.5)
+}
+
+
+def start_overrides(start: str, overrides: Sequence[str]) -> list[str]:
+    """What ``start`` adds to a command of the experiment named in ``overrides`` (``experiment=...``)."""
+    if start not in STARTS:
+        raise ValueError(f"Unknown start {start!r}; valid: {', '.join(STARTS)}")
+    backbone = STARTS[start]
+    if backbone is None:
+        return []
+    experiment = next(a.split("=", 1)[1] for a in overrides if a.startswith("experiment="))
+    keys = BACKBONE_KEYS.get(experiment, ("model.net.backbone", "model.net.weights"))
+    lr = LITE0_LR.get(experiment)
+    return [f"{key}={value}" for key, value in zip(keys, backbone)] + ([f"model.optimizer.lr={lr}"] if lr else [])
 
 
 @dataclass(frozen=True)
@@ -96,7 +134,7 @@ def half_pretrain(base: int) -> Budget:
 
 
 STANFORD_PRIOR = ("make_priors.py", "data=stanford", "progress=false")
-CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.layer4", "prior.input_size=[64,80]",
+CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.feature_map", "prior.input_size=[64,80]",
              "prior.saliency=saliency_unsup")
 
 
@@ -106,18 +144,24 @@ def saliency_unsup_train(out: Path) -> None:
              "report.json")
 
 
-def cam_pseudo_labels(out: Path) -> dict[str, str]:
+def cam_pseudo_labels(out: Path, start: str = "random") -> dict[str, str]:
     """The weak DeepLab's training targets: Grad-CAM + saliency pseudo labels of the Stanford training
-    split from one classifier (``experiment=classifier_stanford`` as it stands, seed 0, ``best.ckpt``
-    chosen on val). Returns ``pseudo_labels`` (the cache folder, for ``data.prior``) and ``classifier``."""
+    split from one classifier (``experiment=classifier_stanford`` as it stands, from ``start``, seed 0,
+    ``best.ckpt`` chosen on val). Returns ``pseudo_labels`` (the cache folder, for ``data.prior``) and
+    ``classifier``."""
     saliency_unsup_train(out)
     classifier = out / "setup" / "classifier_s0"
-    run_once(("train.py", "experiment=classifier_stanford", "seed=0", "test=false", *COMMON), classifier, "metrics.json")
+    argv = ("train.py", "experiment=classifier_stanford", "seed=0", "test=false", *COMMON)
+    run_once((*argv, *start_overrides(start, argv)), classifier, "metrics.json")
     ckpt = classifier / "checkpoints" / "best.ckpt"
     prior = run_once((*STANFORD_PRIOR, *CAM_PRIOR, f"prior.checkpoint={ckpt}"), out / "setup" / "cam_saliency",
                      "report.json")
     return {"pseudo_labels": prior["folder"], "classifier": str(ckpt)}
 
+# model=frozen_backbone on the ImageNet Lite0 at MaskContrast-Stanford's evaluation size and stride
+FROZEN_LITE0 = ("evaluate.py", "model=frozen_backbone", "model.backbone.name=efficientnet_lite0",
+                "model.backbone.weights=efficientnet_lite0", "++model.backbone.output_stride=8", "data=stanford",
+                "data.eval_transform.size=[72,96]", "split=test", "progress=false")
 # The README's twin budget (docs/twins.md): 64 px crops, output stride 16, evaluation at 96x128.
 TWINS_README = ("experiment=twins_stanford", "data.prior=kmeans", "data.train_transform.crop_size=64",
                 "model.net.output_stride=16", "model.net.aspp_rates=[6,12,18]", "data.eval_transform.size=[96,128]",
@@ -138,9 +182,15 @@ METHODS: dict[str, Method] = {
     "maskcontrast": Method(
         arms=(Arm("MaskContrast", ("experiment=maskcontrast_stanford",), epochs(4), ("kmeans", "linear_probe")),),
         baselines=(
-            Baseline("random init, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
+            Baseline("{init}, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=kmeans", "split=test", "progress=false"), "metrics.json", "kmeans/prototypes/miou",
-                     more=(("random init, k-means pixels", "kmeans/pixels/miou"),)),
+                     more=(("{init}, k-means pixels", "kmeans/pixels/miou"),), network=True),
+            # the frozen ImageNet features it starts from, at its evaluation size
+            Baseline("frozen ImageNet features, k-means pixels", (*FROZEN_LITE0, "task=kmeans"), "metrics.json",
+                     "kmeans/pixels/miou", start="efficientnet_lite0"),
+            Baseline("frozen ImageNet features, linear probe", (*FROZEN_LITE0, "task=linear_probe",
+                     "task.layer=embedding"), "metrics.json", "linear_probe/linear_probe/miou",
+                     start="efficientnet_lite0"),
             # matched as the k-means protocol matches the network's clusters: Hungarian on the IoU matrix
             Baseline("k-means prior (G=8, Hungarian on IoU)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8",
                      "split=test"), "report.json", "miou_hungarian_iou"),
@@ -151,9 +201,9 @@ METHODS: dict[str, Method] = {
             Baseline("saliency_only, linear probe on [saliency, colour]", ("evaluate.py",
                      "experiment=maskcontrast_stanford", "task=linear_probe", "split=test", "control=saliency_only",
                      "progress=false"), "metrics.json", "linear_probe/linear_probe/miou"),
-            Baseline("random init, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
+            Baseline("{init}, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=linear_probe", "split=test", "progress=false"), "metrics.json",
-                     "linear_probe/linear_probe/miou"),
+                     "linear_probe/linear_probe/miou", network=True),
         ),
         setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
     ),
@@ -215,11 +265,14 @@ def score_arm(arm: Arm, run_dir: Path, overrides: list[str]) -> dict[str, float]
     return out
 
 
-def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence[int], out: Path) -> dict:
-    """Every (arm, budget, seed) run and baseline; results as {series: {budget: [per-seed values]}}."""
+def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence[int], out: Path,
+            start: str = "random") -> dict:
+    """Every (arm, budget, seed) run and baseline from ``start``; results as {series: {budget: [per-seed
+    values]}}."""
     for i, argv in enumerate(method.setup):
         run_once(argv, out / "setup" / str(i), "report.json")
-    values = method.prepare(out) if method.prepare else {}
+    values = {**(method.prepare(out, start) if method.prepare else {}),
+              "init": "random init" if start == "random" else "ImageNet init"}
 
     def fill(argv: Sequence[str]) -> tuple[str, ...]:
         return tuple(a.format_map(values) if "{" in a else a for a in argv)
@@ -230,15 +283,18 @@ def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence
             for seed in seeds:
                 run_dir = out / re.sub(r"[^A-Za-z0-9]+", "_", arm.label).strip("_") / f"b{budget:g}_s{seed}"
                 scores = score_arm(replace(arm, overrides=fill(arm.overrides)), run_dir,
-                                   [*arm.budget(budget), f"seed={seed}"])
+                                   [*start_overrides(start, arm.overrides), *arm.budget(budget), f"seed={seed}"])
                 for label, value in scores.items():
                     series.setdefault(label, {}).setdefault(f"{budget:g}", []).append(value)
                 wall = float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else float("nan")
                 seconds.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(wall)
     baselines: dict[str, float] = {}
     for i, b in enumerate(method.baselines):
-        result = run_once(fill(b.argv), out / "baselines" / f"b{i}", b.result)
-        baselines.update({label: result[key] for label, key in ((b.label, b.key), *b.more)})
+        if b.start not in (None, start):
+            continue
+        argv = fill(b.argv) + tuple(start_overrides(start, b.argv) if b.network else ())
+        result = run_once(argv, out / "baselines" / f"b{i}", b.result)
+        baselines.update({fill([label])[0]: result[key] for label, key in ((b.label, b.key), *b.more)})
     return {"method": name, "budgets": [f"{b:g}" for b in budgets], "seeds": list(seeds), "series": series,
             "baselines": baselines, "train_seconds": seconds}
 
@@ -293,13 +349,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "budget")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    parser.add_argument("--start", choices=sorted(STARTS), default="random", help="where the networks start")
     parser.add_argument("--report-only", action="store_true", help="table + plot from results.json")
     args = parser.parse_args(argv)
-    out = args.out / args.method
+    name = args.method if args.start == "random" else f"{args.method}_{args.start}"
+    out = args.out / name
     if args.report_only:
         results = json.loads((out / "results.json").read_text())
     else:
-        results = measure(args.method, METHODS[args.method], args.budgets, args.seeds, out)
+        results = measure(name, METHODS[args.method], args.budgets, args.seeds, out, args.start)
         (out / "results.json").write_text(json.dumps(results, indent=2))
     print(report(results, args.docs))
 

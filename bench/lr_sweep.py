@@ -18,6 +18,8 @@ redone: an interrupted sweep resumes.
     python bench/lr_sweep.py clusternet_stanford --lrs 0.3 1.0        # extend a grid
 
 Run directories ``<out>/<experiment>_lr<lr>_s<seed>``; writes ``<out>/<experiment>.{json,md}``.
+``--start efficientnet_lite0`` sweeps from the ImageNet EfficientNet-Lite0 start (budget_curves.STARTS;
+out: ``logs/lr_sweep_efficientnet_lite0``); the rule then compares with the file's (from-scratch) lr.
 """
 
 from __future__ import annotations
@@ -33,9 +35,17 @@ import numpy as np
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from budget_curves import COMMON, ROOT, cam_pseudo_labels, run_once, saliency_unsup_train  # noqa: E402
+from budget_curves import (  # noqa: E402
+    COMMON,
+    ROOT,
+    STARTS,
+    cam_pseudo_labels,
+    run_once,
+    saliency_unsup_train,
+    start_overrides,
+)
 
-Prepare = Callable[[Path], list[str]]
+Prepare = Callable[[Path, str], list[str]]
 
 
 @dataclass(frozen=True)
@@ -47,13 +57,13 @@ class Sweep:
     prepare: Prepare | None = field(default=None)  # runs once first; returns extra train overrides
 
 
-def pseudo_label_prior(out: Path) -> list[str]:
+def pseudo_label_prior(out: Path, start: str) -> list[str]:
     """The weak DeepLab learns from the pseudo labels of budget_curves.cam_pseudo_labels (seed-0
-    classifier at ``experiment=classifier_stanford``'s lr, chosen by its own sweep first)."""
-    return [f"data.prior={cam_pseudo_labels(out)['pseudo_labels']}"]
+    classifier from the same start at its lr, chosen by its own sweep first)."""
+    return [f"data.prior={cam_pseudo_labels(out, start)['pseudo_labels']}"]
 
 
-def saliency_unsup_cache(out: Path) -> list[str]:
+def saliency_unsup_cache(out: Path, start: str) -> list[str]:
     """MaskContrast-Stanford's label-free saliency (``python make_priors.py prior=saliency_unsup``)."""
     saliency_unsup_train(out)
     return []
@@ -83,8 +93,8 @@ def current_lr(experiment: str) -> float:
 
 def score_run(experiment: str, sweep: Sweep, lr: float, seed: int, out: Path, extra: Sequence[str]) -> float:
     run_dir = out / f"{experiment}_lr{lr:g}_s{seed}"
-    metrics = run_once(["train.py", f"experiment={experiment}", f"model.optimizer.lr={lr}", f"seed={seed}",
-                        "test=false", *extra, *COMMON], run_dir, "metrics.json")
+    metrics = run_once(["train.py", f"experiment={experiment}", *extra, f"model.optimizer.lr={lr}", f"seed={seed}",
+                        "test=false", *COMMON], run_dir, "metrics.json")
     if sweep.score == "val":
         return float(metrics["val/miou_best"])
     result = run_once(["evaluate.py", "task=kmeans", "split=val", f"ckpt_path={run_dir}/checkpoints/last.ckpt",
@@ -118,11 +128,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("experiment", choices=sorted(SWEEPS))
     parser.add_argument("--lrs", type=float, nargs="+", help="default: the experiment's grid in SWEEPS")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "lr_sweep")
+    parser.add_argument("--out", type=Path, help="default: logs/lr_sweep, logs/lr_sweep_<start> for another start")
     parser.add_argument("--default", type=float, help="the value the rule compares with (default: the file's)")
+    parser.add_argument("--start", choices=sorted(STARTS), default="random", help="where the networks start")
     args = parser.parse_args(argv)
+    args.out = args.out or ROOT / "logs" / ("lr_sweep" if args.start == "random" else f"lr_sweep_{args.start}")
     sweep = SWEEPS[args.experiment]
-    extra = sweep.prepare(args.out) if sweep.prepare else []
+    # the start's backbone and weights (its lr is the one swept: model.optimizer.lr comes after)
+    extra = [*(sweep.prepare(args.out, args.start) if sweep.prepare else []),
+             *start_overrides(args.start, [f"experiment={args.experiment}"])]
     saved = args.out / f"{args.experiment}.json"
     results: dict[str, list[float]] = json.loads(saved.read_text())["results"] if saved.is_file() else {}
     lrs = args.lrs or sweep.lrs

@@ -24,15 +24,21 @@ def test_budgets_scale_the_experiment_epochs() -> None:
     assert single_stage(0.25) == ["trainer.max_epochs=1", "model.pretrain_epochs=0"]  # mask loss from the start
 
 
+@pytest.mark.parametrize("start", sorted(budget_curves.STARTS))
 @pytest.mark.parametrize("method", sorted(budget_curves.METHODS))
-def test_every_arm_composes_at_every_budget(method: str, tmp_path: Path) -> None:
+def test_every_arm_composes_at_every_budget(method: str, start: str, tmp_path: Path) -> None:
     prepared = {"pseudo_labels": "cam_saliency-0123456789", "classifier": str(tmp_path / "best.ckpt")}
     for arm in budget_curves.METHODS[method].arms:
         for budget in (0.25, 1.0, 4.0):
-            overrides = [*(a.format_map(prepared) for a in arm.overrides), *arm.budget(budget), *budget_curves.COMMON]
+            overrides = [*(a.format_map(prepared) for a in arm.overrides),
+                         *budget_curves.start_overrides(start, arm.overrides), *arm.budget(budget), *budget_curves.COMMON]
             cfg = compose_config("train", overrides, tmp_path)
             assert cfg.data._target_.endswith("StanfordDataModule")
             assert cfg.trainer.max_epochs >= 1
+            if start == "efficientnet_lite0":  # every network of the arm starts from the ImageNet weights
+                backbone = cfg.model.net if "net" in cfg.model else cfg.model.backbone
+                name = backbone.backbone if "net" in cfg.model else backbone.name
+                assert (name, backbone.weights) == ("efficientnet_lite0", "efficientnet_lite0")
 
 
 def _fake_run(calls: list[list[str]]):
@@ -74,9 +80,20 @@ def test_prepared_values_reach_arms_and_baselines(tmp_path: Path, monkeypatch: p
         arms=(budget_curves.Arm("net", ("experiment=x", "data.prior={labels}"), budget_curves.epochs(4)),),
         baselines=(budget_curves.Baseline("prior", ("make_priors.py", "prior.checkpoint={ckpt}"), "report.json",
                                           "miou_majority", more=(("same run, another key", "miou_majority"),)),),
-        prepare=lambda out: {"labels": "cam-1", "ckpt": str(out / "c.ckpt")})
+        prepare=lambda out, start: {"labels": "cam-1", "ckpt": str(out / "c.ckpt")})
     results = budget_curves.measure("toy", method, [1.0], [0], tmp_path)
     assert "data.prior=cam-1" in calls[0] and "experiment=x" in calls[0]
     assert f"prior.checkpoint={tmp_path / 'c.ckpt'}" in calls[1]
     assert len(calls) == 2  # one baseline command for both of its keys
     assert results["baselines"] == {"prior": 0.2, "same run, another key": 0.2}
+
+
+def test_the_pretrained_start_sets_each_experiments_backbone_keys_and_swept_lr() -> None:
+    lite0 = budget_curves.start_overrides("efficientnet_lite0", ["experiment=classifier_stanford", "seed=0"])
+    assert lite0 == ["model.backbone.name=efficientnet_lite0", "model.backbone.weights=efficientnet_lite0",
+                     f"model.optimizer.lr={budget_curves.LITE0_LR['classifier_stanford']}"]
+    assert budget_curves.start_overrides("efficientnet_lite0", ["experiment=twins_stanford"]) == [
+        "model.net.backbone=efficientnet_lite0", "model.net.weights=efficientnet_lite0"]  # not swept: its own lr
+    assert budget_curves.start_overrides("random", ["experiment=classifier_stanford"]) == []
+    with pytest.raises(ValueError, match="valid: random, efficientnet_lite0"):
+        budget_curves.start_overrides("imagenet", ["experiment=x"])
