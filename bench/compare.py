@@ -34,9 +34,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
-from budget_curves import LITE0_LR  # noqa: E402
-
 COMMON = ("data.num_workers=0", "data.persistent_workers=false")
 EVAL_320 = ("data.eval_transform.size=320", "++data.eval_transform.center_crop=true", "data.eval_batch_size=8")
 # row -> {column: metrics.json key} ; columns: cluster / linear, each without and with CRF
@@ -74,11 +71,10 @@ def commands(row: str, seed: int, run: Path, args: argparse.Namespace) -> list[l
     if row == "stego":
         return [[py, "train.py", f"experiment=stego_{args.data}", f"seed={seed}", *COMMON, "logger=csv",
                  *_backbone(args, "model.backbone"), *args.extra, f"hydra.run.dir={run}"]]
-    if row == "maskcontrast":  # its DeepLab on the same backbone, at the lr chosen on val for that start
-        lr = LITE0_LR.get(f"maskcontrast_{args.data}") if args.weights == "efficientnet_lite0" else None
+    if row == "maskcontrast":  # its DeepLab on the same backbone (the experiment's lr: chosen on val for Lite0)
         train = [py, "train.py", f"experiment=maskcontrast_{args.data}", f"seed={seed}", *COMMON, "logger=csv",
                  f"model.net.backbone={args.backbone}", f"model.net.weights={args.weights}",
-                 *([f"model.optimizer.lr={lr}"] if lr else []), "callbacks.prediction_overlays=null", *args.extra,
+                 "callbacks.prediction_overlays=null", *args.extra,
                  f"hydra.run.dir={run / 'train'}"]
         evaluate = [[py, "evaluate.py", f"ckpt_path={run / 'train' / 'checkpoints' / 'last.ckpt'}", "task=kmeans",
                      "task.pixels_per_image=100", f"task.seeds=[{seed}]", "split=test", "flip=true", f"crf={crf}",

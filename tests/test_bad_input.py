@@ -107,6 +107,7 @@ def test_config_errors_stop_at_start_in_one_line(args, named, tmp_path, monkeypa
 
 @pytest.mark.parametrize(("args", "named"), [
     (["model.net.backbone=resnet5"], "Unknown backbone 'resnet5'; valid names: resnet101"),  # constructor refuses
+    (["model.net.weights=efficientnet_lite0"], "'efficientnet_lite0' are for backbone 'efficientnet_lite0', not"),
     (["+model.net.nonsense=1"], "unexpected keyword argument 'nonsense' [key model.net]"),
     (["+callbacks.oops.save_dir=somewhere"], "callbacks.oops has no _target_"),
     (["model.net._target_=usgs.nets.nope.Net"], "no such _target_ 'usgs.nets.nope.Net'"),

@@ -35,10 +35,13 @@ def test_every_arm_composes_at_every_budget(method: str, start: str, tmp_path: P
             cfg = compose_config("train", overrides, tmp_path)
             assert cfg.data._target_.endswith("StanfordDataModule")
             assert cfg.trainer.max_epochs >= 1
-            if start == "efficientnet_lite0":  # every network of the arm starts from the ImageNet weights
-                backbone = cfg.model.net if "net" in cfg.model else cfg.model.backbone
-                name = backbone.backbone if "net" in cfg.model else backbone.name
-                assert (name, backbone.weights) == ("efficientnet_lite0", "efficientnet_lite0")
+            # every network of the arm is EfficientNet-Lite0, from ImageNet by default, random under --start random
+            backbone = cfg.model.net if "net" in cfg.model else cfg.model.backbone
+            name = backbone.backbone if "net" in cfg.model else backbone.name
+            weights = "random" if start == "random" else "efficientnet_lite0"
+            assert (name, backbone.weights) == ("efficientnet_lite0", weights), (arm.label, start)
+            if "teacher_net" in cfg.model:
+                assert cfg.model.teacher_net.weights == weights
 
 
 def _fake_run(calls: list[list[str]]):
@@ -48,7 +51,8 @@ def _fake_run(calls: list[list[str]]):
         run_dir.mkdir(parents=True, exist_ok=True)
         seed = int(next((a for a in argv if a.startswith("seed=")), "seed=0").split("=")[1])
         epochs = int(next((a for a in argv if a.startswith("trainer.max_epochs=")), "x=1").split("=")[1])
-        (run_dir / "metrics.json").write_text(json.dumps({"test/miou": 0.01 * epochs + 0.004 * seed}))
+        (run_dir / "metrics.json").write_text(json.dumps({"test/miou": 0.01 * epochs + 0.004 * seed,
+                                                          "val/miou_best": 0.02 * epochs}))
         (run_dir / "report.json").write_text(json.dumps({"miou_majority": 0.2}))
         return 1.0
     return run
@@ -69,6 +73,8 @@ def test_measure_runs_each_job_once_and_reports(tmp_path: Path, monkeypatch: pyt
     text = budget_curves.report(results, tmp_path / "docs")
     assert "| net | 1.2 ± 0.2 (n=2) | 4.2 ± 0.2 (n=2) |" in text
     assert "| prior (no training budget) | 20.0 | 20.0 |" in text
+    assert results["val"]["net"] == {"0.25": [0.02, 0.02], "1": [0.08, 0.08]}  # best.ckpt's val score, per run
+    assert "| net | 2.0 ± 0.0 (n=2) | 8.0 ± 0.0 (n=2) |" in text.split("val mIoU")[1]
     assert (tmp_path / "docs" / "budget_toy.png").stat().st_size > 0
     assert (tmp_path / "docs" / "budget_toy.md").read_text() == text
 
@@ -88,12 +94,12 @@ def test_prepared_values_reach_arms_and_baselines(tmp_path: Path, monkeypatch: p
     assert results["baselines"] == {"prior": 0.2, "same run, another key": 0.2}
 
 
-def test_the_pretrained_start_sets_each_experiments_backbone_keys_and_swept_lr() -> None:
-    lite0 = budget_curves.start_overrides("efficientnet_lite0", ["experiment=classifier_stanford", "seed=0"])
-    assert lite0 == ["model.backbone.name=efficientnet_lite0", "model.backbone.weights=efficientnet_lite0",
-                     f"model.optimizer.lr={budget_curves.LITE0_LR['classifier_stanford']}"]
-    assert budget_curves.start_overrides("efficientnet_lite0", ["experiment=twins_stanford"]) == [
-        "model.net.backbone=efficientnet_lite0", "model.net.weights=efficientnet_lite0"]  # not swept: its own lr
-    assert budget_curves.start_overrides("random", ["experiment=classifier_stanford"]) == []
-    with pytest.raises(ValueError, match="valid: random, efficientnet_lite0"):
-        budget_curves.start_overrides("imagenet", ["experiment=x"])
+def test_the_random_start_sets_each_experiments_weights_key() -> None:
+    assert budget_curves.start_overrides("random", ["experiment=classifier_stanford", "seed=0"]) == [
+        "model.backbone.weights=random"]
+    assert budget_curves.start_overrides("random", ["experiment=twins_stanford"]) == ["model.net.weights=random"]
+    assert budget_curves.start_overrides("random", ["experiment=maskcontrast_stanford"]) == [
+        "model.net.weights=random", "model.frozen_stages=0"]  # no frozen random stages
+    assert budget_curves.start_overrides("imagenet", ["experiment=classifier_stanford"]) == []  # the file's
+    with pytest.raises(ValueError, match="valid: imagenet, random"):
+        budget_curves.start_overrides("efficientnet_lite0", ["experiment=x"])

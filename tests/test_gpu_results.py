@@ -20,6 +20,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tests.conftest import EXPERIMENTS, ROOT, compose_config
+from usgs.nets import zoo
 from usgs.run.config_checks import check_config
 
 SCRIPT = ROOT / "bench" / "gpu_results.sh"
@@ -63,6 +64,9 @@ def test_every_command_composes(flags, tmp_path):
         cfg = compose_config("train", overrides, tmp_path)
         check_config(cfg)
         assert cfg.callbacks.channels_last._target_ == "usgs.callbacks.ChannelsLast"
+        for net in (cfg.model.get("net"), cfg.model.get("backbone")):  # named weights fit the overridden backbone
+            if net is not None and net.get("weights") in zoo.REGISTRY:
+                assert zoo.REGISTRY[net.weights].backbone == net.get("backbone", net.get("name")), overrides
         if "--dry-run" in flags:  # one batch of a tiny crop on CPU, with a checkpoint for the next steps
             assert cfg.trainer.accelerator == "cpu" and cfg.trainer.limit_train_batches == 1
             assert cfg.trainer.max_epochs == 1 and cfg.data.num_workers == 0 and not cfg.trainer.fast_dev_run

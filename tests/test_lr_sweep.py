@@ -71,3 +71,17 @@ def test_label_using_methods_are_scored_by_val_miou_best(tmp_path: Path, monkeyp
     saved = json.loads((tmp_path / "classifier_stanford.json").read_text())
     assert saved["results"]["0.5"] == pytest.approx([0.5, 0.501]) and saved["chosen"] == 0.5
     assert all(c[0] == "train.py" for c in calls)
+
+
+def test_set_adds_its_overrides_to_every_run_after_the_experiment(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setitem(lr_sweep.run_once.__globals__, "run", _fake_run(calls))
+    monkeypatch.setitem(lr_sweep.SWEEPS, "classifier_stanford", lr_sweep.Sweep((0.05, 0.5)))
+    lr_sweep.main(["classifier_stanford", "--seeds", "0", "--out", str(tmp_path), "--set", "model.frozen_stages=3",
+                   "trainer.max_epochs=2"])
+    assert len(calls) == 2
+    for argv in calls:  # after experiment=..., so they override the file; before the swept lr
+        assert argv.index("model.frozen_stages=3") > argv.index("experiment=classifier_stanford")
+        assert "trainer.max_epochs=2" in argv
+        assert argv.index("trainer.max_epochs=2") < next(i for i, a in enumerate(argv) if a.startswith("model.optimizer.lr="))

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from usgs.errors import ConfigError
 from usgs.nets import zoo
 from usgs.nets.backbones import backbone, resnet
 from usgs.nets.weights import load_weights
@@ -130,6 +131,15 @@ def test_names_resolve_anywhere_random_is_explicit_unknown_lists_names() -> None
     assert not torch.equal(a.conv1.weight, b.conv1.weight)  # nothing loaded: fresh random draws
     with pytest.raises(ValueError, match="valid names: .*efficientnet_lite0.*random"):
         backbone("resnet18", weights="efficientnet_lite7")
+
+
+def test_a_registered_name_for_another_backbone_is_refused_before_any_file_is_read() -> None:
+    # the *_stanford experiments default to efficientnet_lite0 weights: overriding only the backbone is refused
+    with pytest.raises(ConfigError, match="'efficientnet_lite0' are for backbone 'efficientnet_lite0', not 'resnet18'"):
+        backbone("resnet18", weights="efficientnet_lite0")
+    with pytest.raises(ConfigError, match="for backbone 'resnet50', not 'efficientnet_lite0'"):
+        backbone("efficientnet_lite0", weights="moco_v2_800ep_r50")  # refused though that file is absent here
+    assert backbone("efficientnet_lite1", weights="random").channels["layer4"] == 1280
 
 
 def test_cli_lists_every_name() -> None:

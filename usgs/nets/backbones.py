@@ -12,10 +12,12 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from usgs.errors import ConfigError
 from usgs.nets.conv_init import init_conv_bn
 from usgs.nets.efficientnet import EFFICIENTNET_SPECS, EfficientNetLite, efficientnet_lite
 from usgs.nets.vit import VIT_SPECS, VisionTransformer, vit
 from usgs.nets.weights import load_weights
+from usgs.nets.zoo import REGISTRY
 
 ResNetName = Literal["resnet18", "resnet50", "resnet101"]
 
@@ -241,13 +243,18 @@ def backbone(name: str, output_stride: int = 32, deep_stem: bool = False, weight
     A ViT's stride is its patch size: ``output_stride`` applies to ResNets and EfficientNets;
     ``deep_stem`` to ResNets only (the others have one stem).
     """
+    if name not in BACKBONE_NAMES:
+        raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+    # A registered name says which network its file is for: refuse another backbone in one line (e.g. an
+    # experiment whose default is efficientnet_lite0 ImageNet weights, with only the backbone overridden).
+    if isinstance(weights, str) and weights in REGISTRY and (expected := REGISTRY[weights].backbone.split()[0]) != name:
+        raise ConfigError(f"weights {weights!r} are for backbone {expected!r}, not {name!r}: give weights=random, "
+                          f"null, a {name} file or a {name} name (python -m usgs.nets.zoo list)")
     if name in VIT_SPECS:
         return vit(name, weights=weights, weights_strict=weights_strict)
     if name in EFFICIENTNET_SPECS:
         return efficientnet_lite(name, output_stride, weights, weights_strict)
-    if name in _RESNET_SPECS:
-        return resnet(name, output_stride, deep_stem, weights, weights_strict)  # type: ignore[arg-type]
-    raise ValueError(f"Unknown backbone {name!r}; valid names: {', '.join(BACKBONE_NAMES)}")
+    return resnet(name, output_stride, deep_stem, weights, weights_strict)  # type: ignore[arg-type]
 
 
 def staged_backbone(name: str, output_stride: int = 32, deep_stem: bool = False, weights: str | None = None,
