@@ -26,11 +26,8 @@ is still missing, runs the global stage once, and writes the same files as a run
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
-import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -42,13 +39,23 @@ from tqdm.auto import tqdm
 
 from usgs.atomic import atomic_write
 from usgs.data.prior_store import MANIFEST
-from usgs.priors.base import MaskPrior, State
+from usgs.priors.base import MaskPrior
+from usgs.priors.cache_folder import (
+    CONFIG_FILE,
+    DATA_FILE,
+    ConfigMismatchError,
+    check_config,
+    check_data,
+    clean,
+    config_hash,
+    load_npz,
+    save_npz,
+    write_png,
+)
 from usgs.priors.processes import map_in_processes
 
 __all__ = ["config_hash", "compute_prior", "load_image", "atomic_write", "ConfigMismatchError"]
 
-CONFIG_FILE = "config.json"
-DATA_FILE = "data.json"
 log = logging.getLogger(__name__)
 
 
@@ -60,35 +67,6 @@ class RawDataset(Protocol):
     def __len__(self) -> int: ...
     def load(self, index: int) -> dict[str, np.ndarray]: ...
     def describe(self, index: int) -> str: ...
-
-
-class ConfigMismatchError(RuntimeError):
-    """A cache folder exists but was created by a different prior configuration."""
-
-
-def config_hash(config: Mapping[str, Any], length: int = 10) -> str:
-    """Stable short hash of a JSON-able config (key order does not matter)."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:length]
-
-
-def _write_png(path: Path, mask: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", mask)
-    if not ok:
-        raise RuntimeError(f"could not encode prior PNG {path}")
-    atomic_write(path, buf.tobytes())
-
-
-def _save_npz(path: Path, arrays: State) -> None:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub types the first kwarg as allow_pickle
-    atomic_write(path, buf.getvalue())
-
-
-def _load_npz(path: Path, keys: Sequence[str] | None = None) -> State:
-    """The arrays of an .npz file (only ``keys`` when given: npz members are read one by one)."""
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files if keys is None or k in keys}
 
 
 def shard_batches(num_batches: int, shard: tuple[int, int]) -> range:
@@ -122,46 +100,13 @@ def _local_batch(prior: MaskPrior, dataset: RawDataset, indices: Sequence[int], 
     seconds = time.perf_counter() - start
     for i, image, state in zip(indices, images, states, strict=True):
         if prior.needs_fit:
-            _save_npz(out_dir / ".states" / f"{dataset.ids[i]}.npz", state)
+            save_npz(out_dir / ".states" / f"{dataset.ids[i]}.npz", state)
         else:
             start = time.perf_counter()
             mask = prior.finalize(image, state)
             seconds += time.perf_counter() - start
-            _write_png(out_dir / f"{dataset.ids[i]}.png", mask)
+            write_png(out_dir / f"{dataset.ids[i]}.png", mask)
     return seconds
-
-
-def _check_config(out_dir: Path, config: Mapping[str, Any]) -> None:
-    path = out_dir / CONFIG_FILE
-    wanted = json.loads(json.dumps(config, sort_keys=True, default=str))
-    if path.is_file():
-        found = json.loads(path.read_text())
-        if found != wanted:
-            raise ConfigMismatchError(
-                f"cache folder {out_dir} was created by a different prior config; refusing to reuse it.\n"
-                f"  in the folder: {json.dumps(found, sort_keys=True)}\n  requested:     {json.dumps(wanted, sort_keys=True)}"
-            )
-    else:
-        atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
-
-
-def _check_data(out_dir: Path, data: Mapping[str, Any] | None) -> None:
-    """Delete the results of a folder computed from other files than ``data`` describes, then record it."""
-    if data is None:
-        return
-    path = out_dir / DATA_FILE
-    wanted = json.loads(json.dumps(data, sort_keys=True, default=str))
-    found = json.loads(path.read_text()) if path.is_file() else None
-    if found == wanted:
-        return
-    results = [out_dir / MANIFEST, out_dir / ".fit.npz", *out_dir.rglob("*.png")]
-    if any(p.is_file() for p in results) or (out_dir / ".states").exists():
-        log.warning("%s was computed from other files (%s, now %s): recomputing it", out_dir, found, wanted)
-        (out_dir / MANIFEST).unlink(missing_ok=True)  # first: the folder is unfinished from here on
-        shutil.rmtree(out_dir / ".states", ignore_errors=True)
-        for result in results[1:]:
-            result.unlink(missing_ok=True)
-    atomic_write(path, json.dumps(wanted, indent=2, sort_keys=True).encode())
 
 
 def _local_job(indices: list[int], prior: MaskPrior, dataset: RawDataset, out_dir: Path) -> float:
@@ -192,12 +137,12 @@ def compute_prior(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_config(out_dir, config)
-    _check_data(out_dir, data)
+    check_config(out_dir, config)
+    check_data(out_dir, data)
     if fit_from is not None and not (out_dir / ".fit.npz").is_file():
         atomic_write(out_dir / ".fit.npz", fit_from.read_bytes())  # loaded below as a resumed fit
     if (out_dir / MANIFEST).is_file():
-        _clean(out_dir)  # a run killed after writing the manifest
+        clean(out_dir)  # a run killed after writing the manifest
         manifest = json.loads((out_dir / MANIFEST).read_text())
         log.info("cache complete: %d of %d images done, nothing to compute (%s)", len(dataset), len(dataset), out_dir)
         return manifest
@@ -237,27 +182,27 @@ def compute_prior(
         return _finish_shard(out_dir, shard, scope, computed, local_seconds)
     if prior.needs_fit:
         if fitted:
-            prior.load_fit_state(_load_npz(fit_file))
+            prior.load_fit_state(load_npz(fit_file))
         else:
             # only the keys the fit reads (the k-means priors' centres, not their label maps): the
             # memory of the global stage grows with what it needs, not with the images' pixels
-            states = [_load_npz(out_dir / ".states" / f"{i}.npz", prior.fit_keys) for i in ids]
+            states = [load_npz(out_dir / ".states" / f"{i}.npz", prior.fit_keys) for i in ids]
             start = time.perf_counter()
             prior.fit(states, lambda i: load_image(dataset, i))
             fit_seconds = time.perf_counter() - start
             del states
-            _save_npz(fit_file, prior.fit_state())
+            save_npz(fit_file, prior.fit_state())
         for i in tqdm(
             [i for i in scope if not (out_dir / f"{ids[i]}.png").is_file()],
             desc=f"{out_dir.name}: finalize",
             disable=not progress,
         ):
             image = load_image(dataset, i)
-            state = _load_npz(out_dir / ".states" / f"{ids[i]}.npz")
+            state = load_npz(out_dir / ".states" / f"{ids[i]}.npz")
             start = time.perf_counter()
             mask = prior.finalize(image, state)
             finalize_seconds += time.perf_counter() - start
-            _write_png(out_dir / f"{ids[i]}.png", mask)
+            write_png(out_dir / f"{ids[i]}.png", mask)
     if shard is not None:
         return _finish_shard(out_dir, shard, scope, computed, local_seconds + finalize_seconds)
     shards = [json.loads(p.read_text()) for p in sorted((out_dir / ".shards").glob("*.json"))]
@@ -297,7 +242,7 @@ def compute_prior(
         **({"data": json.loads((out_dir / DATA_FILE).read_text())} if data is not None else {}),
     }
     atomic_write(out_dir / MANIFEST, json.dumps(manifest, indent=2).encode())
-    _clean(out_dir)
+    clean(out_dir)
     return manifest
 
 
@@ -307,11 +252,3 @@ def _finish_shard(out_dir: Path, shard: tuple[int, int], scope: list[int], compu
     record = {"shard": f"{shard[0]}/{shard[1]}", "images": len(scope), "computed": computed, "seconds": seconds}
     atomic_write(out_dir / ".shards" / f"{shard[0]}-of-{shard[1]}.json", json.dumps(record).encode())
     return record
-
-
-def _clean(out_dir: Path) -> None:
-    """Remove what a finished folder no longer needs: per-image states, shard records, temp files."""
-    shutil.rmtree(out_dir / ".states", ignore_errors=True)
-    shutil.rmtree(out_dir / ".shards", ignore_errors=True)
-    for tmp in out_dir.rglob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
